@@ -1,0 +1,123 @@
+"""Explorer: one facade over a loaded run for the CLI, the app and the benchmarks.
+
+It owns the run, the scheduler chain per step count and the recorded noise per seed,
+and answers in terms a user asks: the sample of a seed, the exact counterfactual of
+a set of members or training images, every member's own sample. Attribution methods
+live in `attribution.py` and take an Explorer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import TdaError
+from .encoding import members_on, u0, unseen_rows, without_rows
+from .ensemble import Run, load_run
+from .sampling import DEFAULT_CHUNK, Chain, RecordedNoise, make_chain, record_noise, sample_chains
+
+MAX_SEED = 2**31 - 1
+
+
+@dataclass
+class Sample:
+    seed: int
+    steps: int
+    noise: RecordedNoise
+    sample: torch.Tensor  # [C, H, W] in [-1, 1]
+
+
+@dataclass
+class Counterfactual:
+    sample: torch.Tensor  # the full ensemble's sample [C, H, W]
+    counterfactual: torch.Tensor  # same noise, other weights [C, H, W]
+    weights: torch.Tensor  # [n]
+    excluded: np.ndarray  # training rows no active member saw
+
+    @property
+    def residual(self) -> torch.Tensor:
+        return self.counterfactual - self.sample
+
+    @property
+    def score(self) -> float:
+        return float(self.residual.norm())
+
+
+class Explorer:
+    """A run plus its chains and recorded noise; every method is y(V, eps) underneath."""
+
+    def __init__(self, run: Run | str | Path, device: str | torch.device = "cpu",
+                 chunk: int = DEFAULT_CHUNK):
+        self.run = run if isinstance(run, Run) else load_run(run, device=device)
+        self.device = torch.device(device)
+        self.chunk = chunk
+        self._chain = lru_cache(maxsize=8)(lambda k: make_chain(self.run.scheduler, k))
+        self._samples: dict[tuple[int, int], Sample] = {}
+
+    @property
+    def n(self) -> int:
+        return self.run.n
+
+    def steps(self, steps: int | None) -> int:
+        return int(steps or self.run.config.sample.num_inference_steps)
+
+    def chain(self, steps: int | None = None) -> Chain:
+        return self._chain(self.steps(steps))
+
+    def noise(self, seed: int, steps: int | None = None) -> RecordedNoise:
+        if not 0 <= int(seed) <= MAX_SEED:
+            raise TdaError(f"seed must be between 0 and {MAX_SEED}")
+        return record_noise(self.run.image_shape, self.chain(steps), seed)
+
+    def y(self, weights: torch.Tensor, seed: int, steps: int | None = None,
+          progress: Callable[[int, int], None] | None = None, **kw) -> torch.Tensor:
+        """y(V, eps) for the recorded noise of `seed`: samples [B, C, H, W]."""
+        return sample_chains(self.run.members, weights, self.noise(seed, steps), self.chain(steps),
+                             chunk=self.chunk, progress=progress, **kw)
+
+    def sample(self, seed: int, steps: int | None = None) -> Sample:
+        """The full ensemble's sample (cached per seed and step count)."""
+        key = (int(seed), self.steps(steps))
+        if key not in self._samples:
+            y = self.y(u0(self.n), seed, steps)[0]
+            self._samples[key] = Sample(key[0], key[1], self.noise(seed, steps), y)
+        return self._samples[key]
+
+    def trajectory(self, seed: int, steps: int | None = None) -> torch.Tensor:
+        """x after every step of the full ensemble's chain: [K+1, C, H, W], x_T first."""
+        _, traj = self.y(u0(self.n), seed, steps, trajectory=True)
+        return traj[:, 0]
+
+    def member_samples(self, seed: int, steps: int | None = None) -> torch.Tensor:
+        """Each member alone (v = e_i) with the same noise: [n, C, H, W]."""
+        return self.y(torch.eye(self.n), seed, steps)
+
+    def weights_for(self, exclude_members: Sequence[int] | None = None,
+                    remove_rows: Sequence[int] | None = None,
+                    active: Sequence[bool] | None = None) -> torch.Tensor:
+        """Weight vector of one ablation: members off, training rows removed, or a mask."""
+        given = [x is not None for x in (exclude_members, remove_rows, active)]
+        if sum(given) != 1:
+            raise TdaError("give exactly one of: members to exclude, training rows, active mask")
+        if remove_rows is not None:
+            return without_rows(self.run.codes, list(remove_rows))
+        if exclude_members is not None:
+            bad = [i for i in exclude_members if not 0 <= int(i) < self.n]
+            if bad:
+                raise TdaError(f"members must be in 0..{self.n - 1}, got {bad}")
+            active = [i not in set(map(int, exclude_members)) for i in range(self.n)]
+        if len(active) != self.n:
+            raise TdaError(f"the active mask needs {self.n} entries, got {len(active)}")
+        return members_on(active)
+
+    def counterfactual(self, seed: int, steps: int | None = None, **which) -> Counterfactual:
+        """Exact counterfactual sample with the same recorded noise."""
+        w = self.weights_for(**which)
+        base = self.sample(seed, steps).sample
+        cf = base.clone() if torch.equal(w, u0(self.n)) else self.y(w, seed, steps)[0]
+        return Counterfactual(base, cf, w, unseen_rows(self.run.codes, w))

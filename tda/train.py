@@ -1,0 +1,288 @@
+"""Train the members of an encoded ensemble, in parallel local processes, resumably.
+
+`train_run(out, config)` prepares the run directory (codes, training data, scheduler,
+the config it was started with), trains every unfinished member and writes the
+manifest and the FAISS index. Member i learns eps-prediction on the images whose
+bit i is 1. `init="shared"`: every member starts from the same weights and draws
+timesteps, noise and batch positions from the same random stream, so members differ
+only through their data; `init="independent"`: each member has its own seed.
+
+Checkpoints (`checkpoints/NN.safetensors`: weights, Adam state, step, RNG state) are
+written atomically every `checkpoint_every` steps; re-running the same command resumes
+from them and never retrains a finished member (`members/NN/` exists).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from safetensors.torch import load_file, save_file
+
+from . import TdaError
+from .config import RunConfig
+from .data import load_images, to_model_space
+from .encoding import check_code_params, make_codes
+from .ensemble import CODES, MANIFEST, SCHEDULER_DIR, TRAIN, member_dir, save_data, write_manifest
+from .index import build_index, save_index
+
+STARTED = "run_config.json"  # the config a run directory was started with
+CKPT_DIR = "checkpoints"
+
+
+def make_scheduler(config: RunConfig) -> DDPMScheduler:
+    return DDPMScheduler(
+        num_train_timesteps=config.train.num_train_timesteps,
+        clip_sample=config.sample.clip_sample,
+    )
+
+
+def member_seed(config: RunConfig, i: int) -> int:
+    t = config.train
+    if t.init == "shared":
+        return t.seed
+    if t.init == "independent":
+        return t.seed + 7919 * (i + 1)
+    raise TdaError(f"init must be 'shared' or 'independent', got {t.init!r}")
+
+
+def prepare_run(out: Path, config: RunConfig) -> None:
+    """Create the run directory, or check that an existing one has the same config."""
+    out = Path(out)
+    member_seed(config, 0)  # validates init
+    started = out / STARTED
+    if started.is_file():
+        old = RunConfig.from_json(started.read_text())
+        if old != config:
+            raise TdaError(f"{out} holds a run started with another config; "
+                           "use a new --out directory (or delete it) to train this one")
+        return
+    if out.exists() and any(out.iterdir()):
+        raise TdaError(f"{out} exists and is not a run directory; choose a new --out")
+    d, e = config.data, config.ensemble
+    check_code_params(d.n_train, e.n_members, e.weight)
+    images, labels = load_images(d)
+    codes = make_codes(d.n_train, e.n_members, e.weight, e.code_seed)
+    out.mkdir(parents=True, exist_ok=True)
+    save_data(out, codes, images, labels)
+    make_scheduler(config).save_pretrained(out / SCHEDULER_DIR)
+    tmp = out / (STARTED + ".tmp")
+    tmp.write_text(config.to_json())
+    os.replace(tmp, started)  # written last: its presence means the data is complete
+
+
+def train_run(
+    out: str | Path,
+    config: RunConfig,
+    workers: int | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> bool:
+    """Train every unfinished member, then write index and manifest.
+
+    `stop_after`: train at most this many more steps per member in this call (a
+    time-boxed session); the run finishes on a later call. Returns True when done.
+    """
+    out = Path(out)
+    prepare_run(out, config)
+    n = config.ensemble.n_members
+    pending = [i for i in range(n) if not member_dir(out, i).is_dir()]
+    t0 = time.time()
+    if pending:
+        workers = max(1, min(workers or (os.cpu_count() or 1), len(pending)))
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        if workers == 1:
+            for i in pending:
+                train_member(out, config, i, threads, stop_after, _Bar(i, config, progress))
+        else:
+            _train_parallel(out, config, pending, workers, threads, stop_after, progress)
+    if any(not member_dir(out, i).is_dir() for i in range(n)):
+        return False
+    save_index(out, build_index(load_file_np(out / TRAIN)["images"]))
+    stats = {"train_seconds_last_call": round(time.time() - t0, 1)}
+    if (out / MANIFEST).is_file():
+        stats = {**json.loads((out / MANIFEST).read_text()).get("stats", {}), **stats}
+    write_manifest(out, config, {"stats": stats})
+    shutil.rmtree(out / CKPT_DIR, ignore_errors=True)
+    return True
+
+
+def load_file_np(path: Path) -> dict:
+    from safetensors.numpy import load_file as load_np
+
+    return load_np(str(path))
+
+
+def member_data(out: Path, i: int) -> torch.Tensor:
+    codes = load_file_np(out / CODES)["codes"]
+    images = load_file_np(out / TRAIN)["images"]
+    return to_model_space(images[codes[:, i] == 1])
+
+
+def new_member(config: RunConfig, seed: int) -> UNet2DModel:
+    torch.manual_seed(seed)
+    d = config.data
+    return UNet2DModel(**config.model.unet_kwargs(d.image_size, d.channels))
+
+
+def train_member(
+    out: Path, config: RunConfig, i: int, threads: int = 1,
+    stop_after: int | None = None, report=None,
+) -> bool:
+    """Train member i to `config.train.steps`, resuming from its checkpoint."""
+    torch.set_num_threads(threads)
+    tc = config.train
+    seed = member_seed(config, i)
+    data = member_data(out, i)
+    model = new_member(config, seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed + 1)
+    sched = make_scheduler(config)
+    ckpt = Path(out) / CKPT_DIR / f"{i:02d}.safetensors"
+    step = _load_checkpoint(ckpt, model, opt, gen) if ckpt.is_file() else 0
+    end = tc.steps if stop_after is None else min(tc.steps, step + stop_after)
+    model.train()
+    while step < end:
+        loss = _train_step(model, opt, sched, data, gen, tc, step)
+        step += 1
+        if report is not None:
+            report(step, loss)
+        if step % tc.checkpoint_every == 0 or step == end:
+            _save_checkpoint(ckpt, model, opt, gen, step)
+    if step < tc.steps:
+        return False
+    tmp = member_dir(out, i).with_name(f".{i:02d}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.eval().save_pretrained(tmp, safe_serialization=True)
+    os.replace(tmp, member_dir(out, i))
+    ckpt.unlink(missing_ok=True)
+    return True
+
+
+def _train_step(model, opt, sched, data, gen, tc, step) -> float:
+    B = tc.batch_size
+    rows = (torch.rand(B, generator=gen) * len(data)).long()  # same stream for any subset size
+    t = torch.randint(0, tc.num_train_timesteps, (B,), generator=gen)
+    noise = torch.randn((B, *data.shape[1:]), generator=gen)
+    x_t = sched.add_noise(data[rows], noise, t)
+    for g in opt.param_groups:
+        g["lr"] = tc.lr * min(1.0, (step + 1) / max(1, tc.warmup_steps))
+    loss = torch.nn.functional.mse_loss(model(x_t, t).sample, noise)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss)
+
+
+def _save_checkpoint(path: Path, model, opt, gen, step: int) -> None:
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    for pid, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            tensors[f"opt.{pid}.{k}"] = torch.as_tensor(v).contiguous()
+    tensors["rng"] = gen.get_state()
+    tensors["step"] = torch.tensor(step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, model, opt, gen) -> int:
+    try:
+        t = load_file(str(path))
+    except Exception as e:  # a truncated file from a hard kill: start this member over
+        print(f"checkpoint {path} unreadable ({e}); restarting member from step 0")
+        return 0
+    model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
+    sd = opt.state_dict()
+    n_params = len(sd["param_groups"][0]["params"])
+    sd["state"] = {
+        pid: {k.split(".", 2)[2]: v for k, v in t.items() if k.startswith(f"opt.{pid}.")}
+        for pid in range(n_params)
+    }
+    opt.load_state_dict(sd)
+    gen.set_state(t["rng"])
+    return int(t["step"])
+
+
+class _Bar:
+    """Progress of one member: a tqdm bar in this process."""
+
+    def __init__(self, i: int, config: RunConfig, show: bool, position: int = 0):
+        self.bar = None
+        if show:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=config.train.steps, desc=f"member {i:02d}", position=position,
+                            leave=True, dynamic_ncols=True)
+
+    def __call__(self, step: int, loss: float) -> None:
+        if self.bar is not None and (step % 10 == 0 or step == self.bar.total):
+            self.bar.n = step
+            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            self.bar.refresh()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _worker(out: str, config_json: str, i: int, threads: int, stop_after, queue) -> None:
+    config = RunConfig.from_json(config_json)
+
+    def report(step: int, loss: float) -> None:
+        if step % 10 == 0:
+            queue.put((i, step, loss))
+
+    train_member(Path(out), config, i, threads, stop_after, report)
+    queue.put((i, -1, 0.0))
+
+
+def _train_parallel(out, config, pending, workers, threads, stop_after, progress) -> None:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    todo = list(pending)
+    running: dict[int, mp.Process] = {}
+    bars: dict[int, _Bar] = {}
+    try:
+        while todo or running:
+            while todo and len(running) < workers:
+                i = todo.pop(0)
+                p = ctx.Process(target=_worker, daemon=True,
+                                args=(str(out), config.to_json(), i, threads, stop_after, queue))
+                p.start()
+                running[i] = p
+                bars[i] = _Bar(i, config, progress, position=len(bars))
+            _drain(queue, bars)
+            for i, p in list(running.items()):
+                if not p.is_alive():
+                    p.join()
+                    del running[i]
+                    bars[i].close()
+                    if p.exitcode != 0:
+                        raise TdaError(f"training member {i:02d} failed (exit code {p.exitcode}); "
+                                       "re-run the same command to resume")
+            time.sleep(0.2)
+    finally:
+        for p in running.values():
+            p.terminate()
+        _drain(queue, bars)
+
+
+def _drain(queue, bars) -> None:
+    import queue as q
+
+    while True:
+        try:
+            i, step, loss = queue.get_nowait()
+        except q.Empty:
+            return
+        if step >= 0 and i in bars:
+            bars[i](step, loss)
