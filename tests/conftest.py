@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny runs (8x8 digits, a few members, tens of steps) trained once."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tda.config import DataConfig, EnsembleConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
+
+
+def tiny_config(**train) -> RunConfig:
+    """16 digits at 8x8, 6 members of weight 3, a 2-level UNet, 10 sampling steps."""
+    return RunConfig(
+        data=DataConfig("digits", n_train=16, image_size=8, channels=1, seed=0),
+        model=ModelConfig(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4),
+        ensemble=EnsembleConfig(n_members=6, weight=3, code_seed=0),
+        train=TrainConfig(**{"steps": 40, "batch_size": 16, "checkpoint_every": 10, **train}),
+        sample=SampleConfig(num_inference_steps=10),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory) -> Path:
+    """A finished tiny run (shared init). Tests must not modify it: copy it first."""
+    from tda.train import train_run
+
+    torch.set_num_threads(2)
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert train_run(out, tiny_config(), workers=1, progress=False)
+    return out
+
+
+@pytest.fixture
+def tiny_run_copy(tiny_run_dir, tmp_path) -> Path:
+    """A private copy of the tiny run that a test may tamper with."""
+    dst = tmp_path / "tiny"
+    shutil.copytree(tiny_run_dir, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_explorer(tiny_run_dir):
+    from tda.api import Explorer
+
+    return Explorer(tiny_run_dir)
