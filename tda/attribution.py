@@ -1,0 +1,239 @@
+"""Scores for every training image of one sample, their counterfactuals, and the noise floor.
+
+Methods (all return an `Attribution`; higher score = more influential):
+- `exact`: the chain with u_-x (members that never saw x) and the same noise, for
+  every x at once in batched sweeps; score ||y(u_-x) - y(u0)||.
+- `jacobian`: J = dy/dv at u0 by central finite differences through the whole chain
+  (2n chains), then y(u_-x) ~ y(u0) + J (u_-x - u0) for all x in one product.
+- `last-step`: full ensemble until the last step, u_-x only in the final step.
+- `individual`: each member alone, r_i = y(e_i) - y(u0), centred form
+  sum_i (u_-x - u0)_i r_i; `individual-paper`: the paper's -sum_{i in x} r_i / (n - h).
+- `nearest`: pixel-space nearness through FAISS (score = -L2 distance).
+Each scores phantom codes (weight h, given to no image) the same way: their scores
+are pure member-subset noise, giving every image a p-value and the sample an
+attributability figure (DESIGN.md section 8).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from . import TdaError
+from .api import Explorer
+from .encoding import phantom_codes, u0, without_codes
+from .index import as_vectors, build_index, search
+
+METHODS = ("exact", "jacobian", "last-step", "individual", "individual-paper", "nearest")
+MAX_PHANTOMS = 512
+SWEEP_CHUNK = 512  # chains per exact sweep pass (memory and progress granularity)
+FD_STEP = 1e-3  # central finite-difference step on each member weight
+
+Progress = Callable[[int, int], None] | None
+
+
+@dataclass
+class Attribution:
+    """Scores of every training row for one sample, with the noise floor."""
+
+    method: str
+    seed: int
+    steps: int
+    sample: torch.Tensor  # [C, H, W]
+    scores: np.ndarray  # float32 [N]
+    null_scores: np.ndarray  # float32 [P], phantom codes scored the same way
+    seconds: float
+    exact: bool  # scores are exact counterfactual chains
+    order: np.ndarray = field(default=None)  # int64 [N], descending
+    verified_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    pvalues: np.ndarray = field(default=None)  # [N]
+    state: dict[str, torch.Tensor] = field(default_factory=dict)  # for counterfactuals_for
+
+    def __post_init__(self):
+        if self.order is None:
+            self.order = np.argsort(-self.scores, kind="stable").astype(np.int64)
+        if self.pvalues is None:
+            self.pvalues = empirical_pvalues(self.scores, self.null_scores)
+
+    def top(self, k: int) -> np.ndarray:
+        return self.order[:k]
+
+    @property
+    def attributability(self) -> dict:
+        """Top-1 score / phantom p99, images above p99 vs. the number chance predicts."""
+        if len(self.null_scores) == 0:
+            return {"top1_ratio": float("nan"), "p99": float("nan"), "n_above": 0,
+                    "expected_above": float("nan")}
+        p99 = float(np.quantile(self.null_scores, 0.99))
+        top1 = float(self.scores[self.order[0]])
+        return {"top1_ratio": top1 / p99 if p99 > 0 else float("inf"), "p99": p99,
+                "n_above": int((self.scores > p99).sum()),
+                "expected_above": 0.01 * len(self.scores)}
+
+
+def empirical_pvalues(scores: np.ndarray, null: np.ndarray) -> np.ndarray:
+    """P(null >= score) with the +1 correction; NaN without a null."""
+    if len(null) == 0:
+        return np.full(len(scores), np.nan, dtype=np.float32)
+    s = np.sort(np.asarray(null))
+    ge = len(s) - np.searchsorted(s, scores, side="left")
+    return ((1 + ge) / (1 + len(s))).astype(np.float32)
+
+
+def attribute(explorer: Explorer, seed: int, method: str = "jacobian", steps: int | None = None,
+              n_phantoms: int | None = None, progress: Progress = None) -> Attribution:
+    """Score every training image of the run for the sample of `seed`."""
+    if method not in METHODS:
+        raise TdaError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    codes = explorer.run.codes
+    P = min(len(codes), MAX_PHANTOMS) if n_phantoms is None else n_phantoms
+    ph = phantom_codes(codes, P, seed=1)
+    t0 = time.perf_counter()
+    sample = explorer.sample(seed, steps).sample
+    if method == "nearest":
+        scores, null, state, exact = _nearest(explorer, sample), np.zeros(0, np.float32), {}, False
+    else:
+        fn = {"exact": _exact, "jacobian": _jacobian, "last-step": _last_step,
+              "individual": _individual, "individual-paper": _individual}[method]
+        res, state = fn(explorer, seed, steps, np.concatenate([codes, ph]), method, progress)
+        norms = res.flatten(1).norm(dim=1).numpy().astype(np.float32)
+        scores, null, exact = norms[: len(codes)], norms[len(codes):], method == "exact"
+        if exact:
+            state = {"residuals": res[: len(codes)]}
+    return Attribution(method, int(seed), explorer.steps(steps), sample, scores, null,
+                       time.perf_counter() - t0, exact, state=state)
+
+
+def exact_counterfactuals(explorer: Explorer, seed: int, steps: int | None, codes: np.ndarray,
+                          progress: Progress = None) -> torch.Tensor:
+    """y(u_-c, eps) for every code c (rows of `codes`), in batched sweeps: [M, C, H, W]."""
+    W = without_codes(codes)
+    out = []
+    n_chunks = max(1, -(-len(W) // SWEEP_CHUNK))
+    for c in range(n_chunks):
+        part = W[c * SWEEP_CHUNK : (c + 1) * SWEEP_CHUNK]
+
+        def step_progress(k: int, K: int, c: int = c) -> None:
+            if progress is not None:
+                progress(c * K + k, n_chunks * K)
+
+        out.append(explorer.y(part, seed, steps, progress=step_progress))
+    return torch.cat(out) if out else torch.zeros(0, *explorer.run.image_shape)
+
+
+def _exact(explorer, seed, steps, codes, method, progress):
+    y0 = explorer.sample(seed, steps).sample
+    return exact_counterfactuals(explorer, seed, steps, codes, progress) - y0, {}
+
+
+def jacobian(explorer: Explorer, seed: int, steps: int | None = None, eps: float = FD_STEP,
+             progress: Progress = None) -> torch.Tensor:
+    """J = dy/dv at u0 by central differences: [C*H*W, n]."""
+    n = explorer.n
+    base = u0(n)
+    V = torch.cat([base + eps * torch.eye(n), base - eps * torch.eye(n)])
+    y = explorer.y(V, seed, steps, progress=progress).flatten(1)
+    return ((y[:n] - y[n:]) / (2 * eps)).T.contiguous()
+
+
+def _linear(coef: torch.Tensor, basis: torch.Tensor, shape) -> torch.Tensor:
+    """Residuals coef [M, n] @ basis [n, P] as images [M, *shape]."""
+    return (coef @ basis).view(len(coef), *shape)
+
+
+def _coefficients(codes: np.ndarray, method: str) -> torch.Tensor:
+    """Per-code weights on the member directions: u_-x - u0, or the paper's -B/(n-h)."""
+    n = codes.shape[1]
+    if method == "individual-paper":
+        h = int(codes[0].sum())
+        return -torch.as_tensor(codes, dtype=torch.float32) / (n - h)
+    return without_codes(codes) - u0(n)
+
+
+def _jacobian(explorer, seed, steps, codes, method, progress):
+    basis = jacobian(explorer, seed, steps, progress=progress).T  # [n, P]
+    return _linear(_coefficients(codes, method), basis, explorer.run.image_shape), {"basis": basis}
+
+
+def _individual(explorer, seed, steps, codes, method, progress):
+    y0 = explorer.sample(seed, steps).sample
+    basis = (explorer.y(torch.eye(explorer.n), seed, steps, progress=progress) - y0).flatten(1)
+    return _linear(_coefficients(codes, method), basis, explorer.run.image_shape), {"basis": basis}
+
+
+@torch.no_grad()
+def _last_step(explorer, seed, steps, codes, method, progress):
+    """Full ensemble until x_1, then each member's eps once, mixed per code in the last step."""
+    noise, chain = explorer.noise(seed, steps), explorer.chain(steps)
+    _, traj = explorer.y(u0(explorer.n), seed, steps, trajectory=True, progress=progress)
+    x_prev = traj[-2]  # [1, C, H, W], before the final step
+    t = chain.timesteps[-1]
+    device = next(explorer.run.members[0].parameters()).device
+    eps = torch.cat([m(x_prev.to(device), t).sample.cpu() for m in explorer.run.members])
+    state = {"x_prev": x_prev, "member_eps": eps}
+    return _last_step_residuals(explorer, seed, steps, codes, state), state
+
+
+def _last_step_residuals(explorer, seed, steps, codes, state) -> torch.Tensor:
+    chain, noise = explorer.chain(steps), explorer.noise(seed, steps)
+    W = without_codes(codes)
+    mixed = (W @ state["member_eps"].flatten(1)).view(len(W), *explorer.run.image_shape)
+    k = len(chain.timesteps) - 1
+    y = chain.step(k, state["x_prev"].expand_as(mixed), mixed, noise.noise[k])
+    return y - explorer.sample(seed, steps).sample
+
+
+def _nearest(explorer: Explorer, sample: torch.Tensor) -> np.ndarray:
+    images = explorer.run.images
+    d, rows = search(build_index(images), sample[None].numpy(), len(images))
+    scores = np.empty(len(images), dtype=np.float32)
+    scores[rows[0]] = -np.sqrt(np.maximum(d[0], 0.0))
+    return scores
+
+
+def counterfactuals_for(explorer: Explorer, att: Attribution, rows, exact: bool = False
+                        ) -> torch.Tensor:
+    """Counterfactual samples [k, C, H, W] of training rows: exact chains, or the method's."""
+    rows = np.atleast_1d(np.asarray(rows, dtype=np.int64))
+    codes = explorer.run.codes[rows]
+    y0 = att.sample
+    if exact or att.exact or att.method == "nearest":
+        if "residuals" in att.state:
+            return y0 + att.state["residuals"][torch.as_tensor(rows)]
+        return exact_counterfactuals(explorer, att.seed, att.steps, codes)
+    if att.method == "last-step":
+        return y0 + _last_step_residuals(explorer, att.seed, att.steps, codes, att.state)
+    return y0 + _linear(_coefficients(codes, att.method), att.state["basis"], y0.shape)
+
+
+def verify_topk(explorer: Explorer, att: Attribution, m: int = 64, n_phantoms: int = 128,
+                progress: Progress = None) -> Attribution:
+    """Re-score the top m rows of an approximate attribution with exact chains.
+
+    The verified rows move to the front in exact order and get exact scores and
+    p-values against `n_phantoms` phantoms scored exactly; other rows keep the
+    approximation's scores and order behind them.
+    """
+    if att.exact:
+        return att
+    t0 = time.perf_counter()
+    top = att.order[:m]
+    codes = explorer.run.codes
+    ph = phantom_codes(codes, n_phantoms, seed=1)
+    cf = exact_counterfactuals(explorer, att.seed, att.steps, np.concatenate([codes[top], ph]),
+                               progress)
+    norms = (cf - att.sample).flatten(1).norm(dim=1).numpy().astype(np.float32)
+    exact_top, exact_null = norms[:m], norms[m:]
+    scores = att.scores.copy()
+    scores[top] = exact_top
+    pvalues = att.pvalues.copy()
+    pvalues[top] = empirical_pvalues(exact_top, exact_null)
+    order = np.concatenate([top[np.argsort(-exact_top, kind="stable")], att.order[m:]])
+    state = dict(att.state, verified_cf=cf[:m])
+    return replace(att, method=f"{att.method}+verify", scores=scores, null_scores=exact_null,
+                   pvalues=pvalues, order=order, verified_rows=top.copy(), state=state,
+                   seconds=att.seconds + time.perf_counter() - t0)
