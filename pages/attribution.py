@@ -1,0 +1,175 @@
+"""Attribution: the training images that most influenced the current sample, vs the noise floor."""
+
+import numpy as np
+import streamlit as st
+from scipy.stats import spearmanr
+
+from tda import views
+from tda.attribution import METHODS
+from ui import render, state
+
+HELP = {
+    "exact": "One chain per training image with the members that never saw it (exact, O(N)).",
+    "jacobian": "Linearise the sample in the member weights (2n chains), then every "
+    "counterfactual is one matrix product.",
+    "last-step": "Full ensemble until the last step; drop the image's members only there.",
+    "individual": "Each member alone; residuals mixed with the centred weights u_-x − u0.",
+    "individual-paper": "Each member alone; the paper's −Σ r_i / (n − h) over the image's members.",
+    "nearest": "Not influence: the training images nearest to the sample in pixel space.",
+}
+
+ctx = state.sidebar()
+run = ctx.run
+key, seed = ctx.key, ctx.seed
+
+st.title("Attribution")
+c1, c2, c3 = st.columns([2, 2, 4])
+method = c1.selectbox("Method", METHODS, key="method", on_change=state.keep("method", "jacobian"))
+k = c2.slider("Top k", 1, min(24, run.N), key="topk", on_change=state.keep("topk", min(8, run.N)))
+c3.caption(HELP.get(method, ""))
+
+base = state.cached_attribution(key, seed, method)
+if base is None:
+    if method == "exact" and not st.button(
+        f"Compute exact scores ({run.N} training images + phantoms, one chain each)",
+        type="primary",
+    ):
+        st.info(
+            "Exact attribution runs one full chain per training image and per phantom "
+            "code. Press the button to start; the result is cached for this seed."
+        )
+        st.stop()
+    base = state.attribution(key, seed, method)
+
+m = min(64, run.N)
+vflag = ("verified", key, seed, method)
+att = base
+if not base.exact:
+    if st.button(
+        f"Verify exactly: rescore the top {m} with exact chains",
+        help="Re-runs the top images and 128 phantoms as exact counterfactual "
+        "chains and re-ranks them.",
+    ):
+        state.verified(key, seed, method, m)
+        st.session_state[vflag] = True
+    if st.session_state.get(vflag):
+        att = state.verified(key, seed, method, m)
+verified_m = m if att is not base else 0
+
+# -- how attributable is this sample? ------------------------------------------------
+a = att.attributability
+left, right = st.columns([1, 4])
+render.show(att.sample, f"sample of seed {seed}", 192, container=left)
+with right:
+    mc = st.columns(4)
+    ratio = a["top1_ratio"]
+    mc[0].metric(
+        "Top-1 / phantom p99",
+        "n/a" if np.isnan(ratio) else f"{ratio:.2f}",
+        help="Highest real score over the 99th percentile of phantom scores.",
+    )
+    mc[1].metric(
+        "Images above phantom p99",
+        a["n_above"],
+        help="Chance alone would put about 1% of the images there.",
+    )
+    mc[2].metric(
+        "Expected by chance",
+        "n/a" if np.isnan(a["expected_above"]) else f"{a['expected_above']:.1f}",
+    )
+    mc[3].metric("Time", f"{att.seconds:.2f} s")
+    scored = (
+        "exact" if att.exact else ("exact for the top " + str(m) if verified_m else "approximate")
+    )
+    st.caption(f"Method **{att.method}** · scores {scored} · {len(att.null_scores)} phantom codes")
+    if np.isnan(ratio):
+        st.info(
+            "Nearest neighbours measure pixel similarity, not influence: there is no "
+            "noise floor to compare with. Verify exactly to score them as counterfactuals."
+        )
+    elif ratio < 1:
+        st.warning(
+            "**The top-k is indistinguishable from member noise at this scale.** The highest "
+            f"score is {ratio:.2f}× the 99th percentile of phantom scores (codes owned by no "
+            "image), so switching off the members of *any* image moves the sample this much. "
+            "Read the images below as what the method ranks first, not as evidence.",
+            icon=":material/warning:",
+        )
+    else:
+        st.success(
+            f"The top image scores {ratio:.2f}× the phantom p99: above the noise floor.",
+            icon=":material/check_circle:",
+        )
+
+# -- the top-k -------------------------------------------------------------------------
+rows = att.order[:k]
+in_verified = verified_m and np.isin(rows, att.verified_rows).all()
+exact_cf = st.toggle(
+    "Exact counterfactual chains",
+    value=bool(att.exact or in_verified or method == "nearest"),
+    disabled=bool(att.exact or method == "nearest"),
+    help="Off: the method's own approximation of each counterfactual.",
+)
+cfs = state.counterfactuals(
+    key,
+    seed,
+    method,
+    verified_m,
+    tuple(int(r) for r in rows),
+    bool(exact_cf or att.exact or method == "nearest"),
+)
+residuals = cfs - att.sample.numpy()[None]
+vmax = views.residual_scale(residuals)
+st.subheader(f"Top {k} training images")
+st.caption(render.residual_legend(vmax) + " Same scale for every row.")
+for r, j in enumerate(rows):
+    with st.container(border=True):
+        c = st.columns([1, 1, 1, 3], vertical_alignment="center")
+        render.show(run.images[j], "training image", 128, c[0])
+        render.show(cfs[r], "sample without it", 128, c[1])
+        render.show_residual(residuals[r], "residual", 128, vmax, c[2])
+        with c[3]:
+            exact_score = att.exact or j in att.verified_rows
+            st.markdown(f"**#{r + 1} · training image {j}** · label {int(run.labels[j])}")
+            st.markdown(
+                f"score **{att.scores[j]:.4f}** ({'exact' if exact_score else 'approximate'})"
+            )
+            render.pvalue_badge(float(att.pvalues[j]))
+            st.markdown(
+                f"code `{views.bits(run.codes[j])}` · seen by members "
+                f"{', '.join(map(str, views.members_of(run.codes[j])))}"
+            )
+
+# -- distributions -----------------------------------------------------------------------
+st.subheader("Scores against the noise floor")
+h, s = st.columns(2)
+with h:
+    if len(att.null_scores):
+        real = att.scores[att.verified_rows] if verified_m else att.scores
+        st.plotly_chart(views.score_histogram(real, att.null_scores, att.method), key="hist")
+    else:
+        st.caption("This method scores no phantom codes.")
+with s:
+    exact = None if method == "exact" else state.cached_attribution(key, seed, "exact")
+    if exact is not None:
+        rho = float(spearmanr(base.scores, exact.scores).statistic)
+        top = len(set(base.order[:k]) & set(exact.order[:k]))
+        st.plotly_chart(
+            views.scatter_figure(
+                exact.scores,
+                base.scores,
+                "exact score",
+                f"{method} score",
+                f"{method} vs exact (Spearman ρ = {rho:.2f})",
+                highlight=base.order[:k],
+            ),
+            key="scatter",
+        )
+        sc = st.columns(2)
+        sc[0].metric("Spearman ρ vs exact", f"{rho:.2f}")
+        sc[1].metric(f"Top-{k} overlap with exact", f"{top}/{k}")
+    elif method != "exact":
+        st.caption(
+            "Compute the exact scores for this seed (method *exact*) to see how "
+            "this approximation ranks against them."
+        )

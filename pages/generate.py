@@ -1,0 +1,55 @@
+"""Generate: the ensemble's sample of a seed, its denoising trajectory, every member alone."""
+
+import streamlit as st
+
+from ui import render, state
+
+ctx = state.sidebar()
+run = ctx.run
+
+st.title("Generate")
+st.caption(
+    "The full ensemble's sample of the seed in the sidebar. The seed fixes the "
+    "recorded noise, so every other page reuses this exact chain."
+)
+
+y, sample_s = state.ensemble_sample(ctx.key, ctx.seed)
+traj, timesteps, traj_s = state.trajectory(ctx.key, ctx.seed)
+members, members_s = state.member_samples(ctx.key, ctx.seed)
+
+left, mid, right = st.columns([3, 3, 2])
+with left:
+    st.subheader(f"Sample of seed {ctx.seed}")
+    render.show(y, f"full ensemble, {len(timesteps)} steps", size=320)
+with mid:
+    st.subheader("Denoising trajectory")
+    K = len(timesteps)
+    k = st.slider(
+        "Step",
+        0,
+        K,
+        K,
+        key="traj_step",
+        help="0 is the pure noise x_T; the last step is the sample.",
+    )
+    label = "x_T (pure noise)" if k == 0 else f"after step {k}/{K} (t = {int(timesteps[k - 1])})"
+    render.show(traj[k], label, size=320)
+with right:
+    st.subheader("Timing")
+    st.metric("Ensemble sample", f"{sample_s:.2f} s")
+    st.metric("Trajectory", f"{traj_s:.2f} s")
+    st.metric(f"All {run.n} members alone", f"{members_s:.2f} s")
+    st.caption("Times of the first computation; repeats come from the cache.")
+
+st.subheader("Every member alone, same noise")
+st.caption(
+    "Member i sampled by itself (weights e_i). Members that disagree with the "
+    "ensemble show how much each one's quirks could move a counterfactual."
+)
+seen = run.codes.sum(0)
+render.gallery(
+    members,
+    [f"member {i} · saw {int(seen[i])} images" for i in range(run.n)],
+    cols=min(8, run.n),
+    size=160,
+)

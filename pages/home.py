@@ -1,0 +1,62 @@
+"""Home: what the tool does, the loaded run, its code matrix, how a counterfactual works."""
+
+import streamlit as st
+
+from tda import views
+from ui import state
+
+ctx = state.sidebar()
+run = ctx.run
+
+st.title("Which training images made this sample?")
+st.markdown(
+    "This explorer trains no single diffusion model but an **encoded ensemble**: every "
+    "training image gets a code that says which members of the ensemble are trained on it. "
+    "Because some members never saw a given image, sampling with only those members — with "
+    "exactly the same recorded noise — shows the sample *as if that image had never been in "
+    "the training set*. "
+    "Comparing the two gives each training image an influence score, and scoring "
+    "*phantom* codes (owned by no image) the same way tells you whether that score rises "
+    "above the ensemble's own noise."
+)
+
+st.subheader(f"Loaded run: {ctx.label}")
+s = run.summary()
+cols = st.columns(7)
+cols[0].metric("Training images N", s["N"])
+cols[1].metric("Members n", s["n"])
+cols[2].metric("Code weight h", s["h"], help="How many members see each image.")
+cols[3].metric("Dataset", s["dataset"])
+cols[4].metric("Image size", s["image"].replace("x", " × "))
+cols[5].metric("Sampling steps", s["steps"])
+cols[6].metric("Initialisation", s["init"], help="shared: members start from the same weights.")
+st.caption(
+    f"{s['train_steps']:,} training steps per member · "
+    f"{s['params_per_member']:,} parameters per member · {s['path']}"
+)
+
+st.plotly_chart(views.code_matrix_figure(run.codes, run.labels), key="codes")
+
+st.subheader("How a counterfactual works")
+left, right = st.columns([3, 2])
+with left:
+    st.plotly_chart(views.counterfactual_diagram(run.codes[0], 0), key="diagram")
+with right:
+    members = views.members_of(run.codes[0])
+    st.markdown(
+        f"The full ensemble averages all {run.n} members' noise predictions. "
+        f"Training image #0 was seen by members {', '.join(map(str, members))}; switch them "
+        f"off, spread the weight over the {run.n - run.h} members that never saw it, and "
+        "run the chain again **with the same noise**. The difference between the two "
+        "samples is what image #0 contributed — plus the quirks of the members that were "
+        "switched off, which is why phantom codes measure the noise floor."
+    )
+
+st.subheader("Where to go")
+c = st.columns(4)
+c[0].page_link("pages/generate.py", label="Generate a sample", icon=":material/auto_awesome:")
+c[1].page_link("pages/attribution.py", label="Attribute it", icon=":material/leaderboard:")
+c[2].page_link("pages/ablation.py", label="Switch members off", icon=":material/toggle_on:")
+c[3].page_link(
+    "pages/training_set.py", label="Browse the training set", icon=":material/photo_library:"
+)

@@ -1,0 +1,129 @@
+"""Training set: browse it, inspect one image, and search it with a sample or an upload."""
+
+import numpy as np
+import streamlit as st
+from PIL import Image, UnidentifiedImageError
+
+from tda import views
+from tda.attribution import METHODS
+from tda.data import pil_to_array
+from tda.index import search
+from ui import render, state
+
+MAX_UPLOAD_MB = 5
+PAGE_SIZE = 32
+NEIGHBOURS = 8
+
+ctx = state.sidebar()
+run = ctx.run
+index = state.training_index(ctx.key)
+size, channels = run.image_shape[1], run.image_shape[0]
+
+
+def neighbours(query: np.ndarray, skip: int | None = None) -> None:
+    """Gallery of the training images nearest to one query image [C, H, W]."""
+    d, rows = search(index, query[None], NEIGHBOURS + (skip is not None))
+    pairs = [
+        (int(j), float(np.sqrt(max(x, 0.0))))
+        for x, j in zip(d[0], rows[0], strict=True)
+        if j != skip
+    ][:NEIGHBOURS]
+    render.gallery(
+        run.images[[j for j, _ in pairs]],
+        [f"#{j} · label {int(run.labels[j])} · L2 {dist:.2f}" for j, dist in pairs],
+        cols=NEIGHBOURS,
+        size=96,
+    )
+
+
+st.title("Training set")
+
+# -- browse ------------------------------------------------------------------------------
+st.subheader("Browse")
+labels = sorted({int(x) for x in run.labels})
+f1, f2, f3 = st.columns([2, 1, 3])
+label = f1.selectbox("Label", ["all", *labels], key="browse_label")
+rows = np.arange(run.N) if label == "all" else np.flatnonzero(run.labels == label)
+pages = max(1, -(-len(rows) // PAGE_SIZE))
+page = f2.number_input(f"Page (of {pages})", 1, pages, 1, key="browse_page")
+shown = rows[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+which = "" if label == "all" else f" with label {label}"
+f3.caption(f"{len(rows)} images{which}; page {page} shows {len(shown)}.")
+render.gallery(run.images[shown], [f"#{j} · {int(run.labels[j])}" for j in shown], cols=16, size=64)
+
+# -- one image ---------------------------------------------------------------------------
+st.subheader("One training image")
+j = st.number_input(
+    "Training image #", 0, run.N - 1, key="picked", on_change=state.keep("picked", 0)
+)
+left, right = st.columns([1, 3])
+render.show(run.images[j], f"#{j} · label {int(run.labels[j])}", 192, left)
+with right:
+    members = views.members_of(run.codes[j])
+    st.markdown(
+        f"Code `{views.bits(run.codes[j])}`: seen by members "
+        f"{', '.join(map(str, members))}; never by "
+        f"{', '.join(str(i) for i in range(run.n) if i not in members)}."
+    )
+    cached = [
+        (mth, a)
+        for mth in METHODS
+        if (a := state.cached_attribution(ctx.key, ctx.seed, mth)) is not None
+    ]
+    if cached:
+        for mth, a in cached:
+            rank = int(np.flatnonzero(a.order == j)[0]) + 1
+            c = st.columns([3, 2])
+            c[0].markdown(
+                f"Influence on the sample of seed {ctx.seed} ({mth}): score "
+                f"**{a.scores[j]:.4f}**, rank {rank} of {run.N}"
+            )
+            render.pvalue_badge(float(a.pvalues[j]), container=c[1])
+    else:
+        st.caption(
+            f"No attribution of seed {ctx.seed} is cached yet: run one on the "
+            "Attribution page to see this image's influence here."
+        )
+    st.markdown("**Nearest training images**")
+    neighbours(run.images[j], skip=j)
+
+# -- search ------------------------------------------------------------------------------
+st.subheader("Search the training set")
+st.markdown(
+    f"**With the current sample (seed {ctx.seed})**: a memorised sample sits at "
+    "distance ≈ 0 from a training image."
+)
+y, _ = state.ensemble_sample(ctx.key, ctx.seed)
+s1, s2 = st.columns([1, 7])
+render.show(y, f"seed {ctx.seed}", 96, s1)
+with s2:
+    neighbours(y)
+
+st.markdown("**With an image of your own**")
+upload = st.file_uploader(
+    f"PNG or JPEG, at most {MAX_UPLOAD_MB} MB; it is converted to "
+    f"{channels}×{size}×{size} like the training images",
+    type=["png", "jpg", "jpeg"],
+    max_upload_size=MAX_UPLOAD_MB,
+    key="upload",
+)
+if upload is not None:
+    query = None
+    if upload.size > MAX_UPLOAD_MB * 2**20:
+        st.error(f"{upload.name} is {upload.size / 2**20:.1f} MB; the limit is {MAX_UPLOAD_MB} MB.")
+    else:
+        try:
+            with Image.open(upload) as im:
+                if im.format not in ("PNG", "JPEG"):
+                    raise UnidentifiedImageError(f"format {im.format}")
+                query = pil_to_array(im, size, channels)
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+            st.error(
+                f"Could not read {upload.name}: it is not a valid PNG or JPEG image. "
+                "Upload a .png, .jpg or .jpeg file."
+            )
+    if query is not None:
+        u1, u2 = st.columns([1, 7])
+        render.show(query, "your image, converted", 96, u1)
+        with u2:
+            neighbours(query)

@@ -1,0 +1,258 @@
+"""Pictures and charts for the explorer, with no Streamlit in them.
+
+Images: model-space tensors ([-1, 1]) or uint8 arrays [C, H, W] become PIL images
+scaled up by a whole factor with NEAREST, so every pixel stays a sharp square;
+residuals become a diverging map (red = brighter without the image, blue = darker,
+white = unchanged) on a symmetric scale. Charts are plotly figures: the code
+matrix, real vs phantom score histograms, a scatter of two score sets, and the
+member diagram of one counterfactual.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from PIL import Image
+
+# RdBu reversed (ColorBrewer): blue for negative, white at zero, red for positive.
+_DIVERGING = np.array(
+    [
+        [5, 48, 97],
+        [33, 102, 172],
+        [67, 147, 195],
+        [146, 197, 222],
+        [209, 229, 240],
+        [247, 247, 247],
+        [253, 219, 199],
+        [244, 165, 130],
+        [214, 96, 77],
+        [178, 24, 43],
+        [103, 0, 31],
+    ],
+    dtype=np.float32,
+)
+REAL_COLOR = "#d6604d"
+PHANTOM_COLOR = "#8c8c8c"
+ON_COLOR = "#2166ac"
+OFF_COLOR = "#e0e0e0"
+
+
+def _numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def to_uint8(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """[C, H, W] uint8, or float in [-1, 1] -> uint8 [H, W] (grey) or [H, W, 3]."""
+    a = _numpy(x)
+    if a.ndim != 3:
+        raise ValueError(f"expected an image [C, H, W], got shape {a.shape}")
+    if a.dtype != np.uint8:
+        a = ((np.clip(a.astype(np.float32), -1.0, 1.0) + 1.0) * 127.5).round().astype(np.uint8)
+    return a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
+
+
+def upscale(im: Image.Image, size: int) -> Image.Image:
+    """Scale up by the largest whole factor that fits `size` (at least 1), NEAREST."""
+    f = max(1, size // max(im.size))
+    return im.resize((im.width * f, im.height * f), Image.Resampling.NEAREST)
+
+
+def to_image(x: torch.Tensor | np.ndarray, size: int = 256) -> Image.Image:
+    """One image [C, H, W] (uint8 or [-1, 1]) as a crisp PIL image about `size` px wide."""
+    return upscale(Image.fromarray(to_uint8(x)), size)
+
+
+def to_images(xs: torch.Tensor | np.ndarray | Sequence, size: int = 128) -> list[Image.Image]:
+    return [to_image(x, size) for x in xs]
+
+
+def diverging(values: np.ndarray, vmax: float) -> np.ndarray:
+    """Values -> uint8 RGB [..., 3] on a symmetric diverging map over [-vmax, vmax]."""
+    t = (np.clip(values / max(vmax, 1e-12), -1.0, 1.0) + 1.0) / 2.0 * (len(_DIVERGING) - 1)
+    lo = np.floor(t).astype(np.int64).clip(0, len(_DIVERGING) - 2)
+    w = (t - lo)[..., None]
+    rgb = _DIVERGING[lo] * (1 - w) + _DIVERGING[lo + 1] * w
+    return rgb.round().astype(np.uint8)
+
+
+def residual_scale(residuals: torch.Tensor | np.ndarray) -> float:
+    """The symmetric scale that shows every given residual without clipping."""
+    return float(np.abs(_numpy(residuals)).max(initial=0.0)) or 1.0
+
+
+def residual_image(
+    r: torch.Tensor | np.ndarray, size: int = 256, vmax: float | None = None
+) -> Image.Image:
+    """A residual [C, H, W] (counterfactual - sample) as a diverging colour image.
+
+    Colour channels are averaged; the scale is symmetric around zero (`vmax`, by
+    default the largest |value|), so white always means "unchanged".
+    """
+    a = _numpy(r).astype(np.float32)
+    if a.ndim != 3:
+        raise ValueError(f"expected a residual [C, H, W], got shape {a.shape}")
+    a = a.mean(0)
+    vmax = residual_scale(a) if vmax is None else vmax
+    return upscale(Image.fromarray(diverging(a, vmax)), size)
+
+
+def bits(code: np.ndarray) -> str:
+    """A code row as a bit string, member 0 first: '101001'."""
+    return "".join(str(int(b)) for b in np.asarray(code))
+
+
+def members_of(code: np.ndarray) -> list[int]:
+    return [int(i) for i in np.flatnonzero(np.asarray(code))]
+
+
+def code_matrix_figure(codes: np.ndarray, labels: np.ndarray) -> go.Figure:
+    """Heatmap of the code matrix: training images across, members down."""
+    codes = np.asarray(codes)
+    N, n = codes.shape
+    hover = [
+        [
+            f"image #{j} (label {int(labels[j])})<br>member {i}: "
+            f"{'trained on it' if codes[j, i] else 'never saw it'}"
+            for j in range(N)
+        ]
+        for i in range(n)
+    ]
+    fig = go.Figure(
+        go.Heatmap(
+            z=codes.T,
+            x=np.arange(N),
+            y=np.arange(n),
+            text=hover,
+            hoverinfo="text",
+            colorscale=[[0, OFF_COLOR], [1, ON_COLOR]],
+            zmin=0,
+            zmax=1,
+            showscale=False,
+            xgap=1 if N <= 128 else 0,
+            ygap=1,
+        )
+    )
+    fig.update_layout(
+        height=min(520, 140 + 22 * n),
+        margin=dict(l=10, r=10, t=40, b=10),
+        title=f"Code matrix: blue = member trained on the image ({N} images x {n} members)",
+        xaxis_title="training image #",
+        yaxis_title="member",
+    )
+    fig.update_yaxes(autorange="reversed", dtick=1 if n <= 16 else None)
+    return fig
+
+
+def counterfactual_diagram(code: np.ndarray, row: int) -> go.Figure:
+    """Members' weights in the full ensemble vs the ensemble without training image `row`."""
+    code = np.asarray(code).astype(bool)
+    n = len(code)
+    keep = (~code).sum()
+    weights = np.stack([np.full(n, 1.0 / n), np.where(code, 0.0, 1.0 / keep)])
+    text = [[f"1/{n}"] * n, ["saw it<br>off" if c else f"1/{keep}" for c in code]]
+    fig = go.Figure(
+        go.Heatmap(
+            z=weights,
+            x=[f"m{i}" for i in range(n)],
+            y=["full ensemble u0", f"without image #{row}"],
+            text=text,
+            texttemplate="%{text}",
+            hoverinfo="skip",
+            showscale=False,
+            colorscale=[[0, OFF_COLOR], [1, ON_COLOR]],
+            zmin=0,
+            zmax=weights.max(),
+            xgap=3,
+            ygap=6,
+        )
+    )
+    fig.update_layout(
+        height=230,
+        margin=dict(l=10, r=10, t=40, b=10),
+        title=f"Same recorded noise, two weight vectors: image #{row} (code {bits(code)}) removed",
+    )
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def score_histogram(real: np.ndarray, phantom: np.ndarray, method: str) -> go.Figure:
+    """Overlaid histograms of real scores and phantom (noise-floor) scores."""
+    fig = go.Figure()
+    fig.add_histogram(
+        x=np.asarray(real),
+        name=f"training images ({len(real)})",
+        marker_color=REAL_COLOR,
+        opacity=0.65,
+        histnorm="probability density",
+    )
+    if len(phantom):
+        fig.add_histogram(
+            x=np.asarray(phantom),
+            name=f"phantom codes ({len(phantom)})",
+            marker_color=PHANTOM_COLOR,
+            opacity=0.65,
+            histnorm="probability density",
+        )
+        p99 = float(np.quantile(phantom, 0.99))
+        fig.add_vline(
+            x=p99,
+            line_dash="dash",
+            line_color="#444",
+            annotation_text="phantom p99",
+            annotation_position="top",
+        )
+    fig.update_layout(
+        barmode="overlay",
+        height=340,
+        margin=dict(l=10, r=10, t=40, b=10),
+        title=f"Scores ({method}): real vs phantom",
+        xaxis_title="influence score",
+        yaxis_title="density",
+        legend=dict(orientation="h", y=-0.25),
+    )
+    return fig
+
+
+def scatter_figure(
+    x: np.ndarray,
+    y: np.ndarray,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    highlight: Sequence[int] = (),
+) -> go.Figure:
+    """Scatter of two score vectors over the same training images, identity line dashed."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    hi = np.zeros(len(x), dtype=bool)
+    hi[list(highlight)] = True
+    fig = go.Figure()
+    for mask, name, color in (
+        (~hi, "other images", PHANTOM_COLOR),
+        (hi, "shown top-k", REAL_COLOR),
+    ):
+        rows = np.flatnonzero(mask)
+        fig.add_scatter(
+            x=x[rows],
+            y=y[rows],
+            mode="markers",
+            name=name,
+            marker_color=color,
+            text=[f"image #{j}" for j in rows],
+            hoverinfo="text+x+y",
+        )
+    lo, up = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+    fig.add_scatter(
+        x=[lo, up], y=[lo, up], mode="lines", name="y = x", line=dict(dash="dash", color="#999")
+    )
+    fig.update_layout(
+        height=340,
+        margin=dict(l=10, r=10, t=40, b=10),
+        title=title,
+        xaxis_title=xlabel,
+        yaxis_title=ylabel,
+        legend=dict(orientation="h", y=-0.25),
+    )
+    return fig

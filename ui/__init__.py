@@ -1,0 +1,1 @@
+"""The explorer's Streamlit helpers (the `tda` core never imports Streamlit)."""

@@ -1,0 +1,54 @@
+"""Small Streamlit building blocks shared by the pages: galleries and p-value badges."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import streamlit as st
+
+from tda import views
+
+NOISE_ALPHA = 0.05  # a real score with p below this is shown as above the noise floor
+
+
+def show(image, caption: str | None = None, size: int = 256, container=st) -> None:
+    """One image [C, H, W] (uint8 or [-1, 1]), crisp, as PNG (JPEG would blur the pixels)."""
+    container.image(views.to_image(image, size), caption=caption, output_format="PNG")
+
+
+def show_residual(
+    r, caption: str | None = None, size: int = 256, vmax: float | None = None, container=st
+) -> None:
+    container.image(views.residual_image(r, size, vmax), caption=caption, output_format="PNG")
+
+
+def gallery(
+    images: np.ndarray | Sequence, captions: Sequence[str], cols: int = 8, size: int = 96
+) -> None:
+    """Images in rows of `cols` columns, each with its caption."""
+    for start in range(0, len(images), cols):
+        row = st.columns(cols)
+        for c, im, cap in zip(
+            row, images[start : start + cols], captions[start : start + cols], strict=False
+        ):
+            show(im, cap, size, container=c)
+
+
+def pvalue_badge(p: float, container=st) -> None:
+    """Green above the noise floor, grey within it, nothing for methods without phantoms."""
+    if p is None or np.isnan(p):
+        container.badge("no noise floor for this method", color="gray")
+    elif p < NOISE_ALPHA:
+        container.badge(
+            f"above noise floor (p={p:.3f})", color="green", icon=":material/check_circle:"
+        )
+    else:
+        container.badge(f"within noise (p={p:.2f})", color="gray")
+
+
+def residual_legend(vmax: float) -> str:
+    return (
+        f"Residual = counterfactual − sample, colour scale ±{vmax:.2f}: "
+        "red = brighter without the image, blue = darker, white = unchanged."
+    )

@@ -1,0 +1,269 @@
+"""Streamlit side of the explorer: which run, which seed, and the caches.
+
+Runs are found under the bundled `assets/` folder (`TDA_ASSETS` overrides it) and
+under `TDA_RUNS`; a visitor picks among them, never types a path. The Explorer of a
+run lives in `st.cache_resource`; samples, counterfactuals and attributions in
+`st.cache_data`, keyed by the run's key (path and manifest time), the seed and the
+method. The chosen run and seed survive page switches (`keep`).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from tda import TdaError
+from tda.api import MAX_SEED, Explorer
+from tda.ensemble import MANIFEST
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_RUN = "default"
+SEARCH_DEPTH = 3  # how deep below a root a run folder may sit
+
+TRAIN_HINT = """No trained run was found.
+
+Train one (a few minutes to an hour on a laptop CPU), then reload this page:
+
+```
+python -m tda train --dataset mnist --n 384 --members 16 --steps 3000 --out assets/default
+```
+
+or point the explorer at a folder that holds runs: `TDA_RUNS=/path/to/runs streamlit run app.py`.
+A run is any folder with an `ensemble.json` in it."""
+
+
+def assets_dir() -> Path:
+    return Path(os.environ.get("TDA_ASSETS") or ASSETS)
+
+
+def roots() -> list[Path]:
+    out = [assets_dir()]
+    if os.environ.get("TDA_RUNS"):
+        out.append(Path(os.environ["TDA_RUNS"]))
+    return out
+
+
+def find_runs(root: Path, depth: int = SEARCH_DEPTH) -> list[Path]:
+    """Folders at or below `root` (at most `depth` levels) that hold an ensemble.json."""
+    if not root.is_dir():
+        return []
+    if (root / MANIFEST).is_file():
+        return [root]
+    if depth == 0:
+        return []
+    found: list[Path] = []
+    for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        found += find_runs(child, depth - 1)
+    return found
+
+
+def discover_runs() -> dict[str, str]:
+    """Label -> path of every run found; the default run first."""
+    runs: dict[str, str] = {}
+    for root in roots():
+        for path in find_runs(root):
+            rel = path.relative_to(root).as_posix()
+            label = f"{root.name}/{rel}" if rel != "." else root.name
+            runs.setdefault(label, str(path.resolve()))
+    default = assets_dir() / DEFAULT_RUN
+    if (default / MANIFEST).is_file():
+        first = str(default.resolve())
+        runs = {k: v for k, v in runs.items() if v == first} | runs
+    return runs
+
+
+def run_key(path: str) -> str:
+    """Cache key of a run: its path and the time its manifest was written."""
+    return f"{path}@{(Path(path) / MANIFEST).stat().st_mtime_ns}"
+
+
+def keep(key: str, default):
+    """Let the widget with `key` keep its value across pages; pass the result as on_change.
+
+    Streamlit forgets a widget's value on pages that do not show it; the value is
+    mirrored in `_kept_<key>` and restored before the widget is created.
+    """
+    store = f"_kept_{key}"
+    if store not in st.session_state:
+        st.session_state[store] = default
+    st.session_state[key] = st.session_state[store]
+    return lambda: st.session_state.__setitem__(store, st.session_state[key])
+
+
+def set_kept(key: str, value) -> None:
+    """Change a kept widget's value from a callback (it shows on the next run)."""
+    st.session_state[f"_kept_{key}"] = value
+
+
+# -- caches ----------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner="Loading the run and checking every file ...", max_entries=4)
+def explorer(key: str) -> Explorer:
+    return Explorer(key.rsplit("@", 1)[0])
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def training_index(key: str):
+    from tda.index import load_index
+
+    run = explorer(key).run
+    return load_index(run.path, run.images)
+
+
+@st.cache_resource(show_spinner=False)
+def _ledger() -> set[tuple]:
+    """Which attributions have been computed (process-wide), to find them again."""
+    return set()
+
+
+@st.cache_data(show_spinner="Sampling ...", max_entries=64)
+def ensemble_sample(key: str, seed: int) -> tuple[np.ndarray, float]:
+    t = time.perf_counter()
+    y = explorer(key).sample(seed).sample.numpy()
+    return y, time.perf_counter() - t
+
+
+@st.cache_data(show_spinner="Recording the denoising trajectory ...", max_entries=32)
+def trajectory(key: str, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """x after each step (x_T first), the timestep of each, and the seconds it took."""
+    t = time.perf_counter()
+    ex = explorer(key)
+    traj = ex.trajectory(seed).numpy()
+    return traj, ex.chain().timesteps.numpy(), time.perf_counter() - t
+
+
+@st.cache_data(show_spinner="Sampling every member alone ...", max_entries=32)
+def member_samples(key: str, seed: int) -> tuple[np.ndarray, float]:
+    t = time.perf_counter()
+    y = explorer(key).member_samples(seed).numpy()
+    return y, time.perf_counter() - t
+
+
+@st.cache_data(show_spinner="Running the counterfactual chain ...", max_entries=256)
+def counterfactual(key: str, seed: int, active: tuple[bool, ...]):
+    t = time.perf_counter()
+    cf = explorer(key).counterfactual(seed, active=list(active))
+    return cf, time.perf_counter() - t
+
+
+def _progress(text: str):
+    """A progress bar and its `progress(done, total)` callback.
+
+    Create it inside the cached function that reports to it: Streamlit replays the
+    elements a cached function made, and cannot replay calls on outside blocks.
+    """
+    bar = st.progress(0.0, text=text)
+
+    def update(done: int, total: int) -> None:
+        bar.progress(min(1.0, done / max(total, 1)), text=f"{text} {done}/{total}")
+
+    return bar, update
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def attribution(key: str, seed: int, method: str):
+    """Scores of every training image for the sample of `seed`, drawing a progress bar."""
+    from tda.attribution import attribute
+
+    bar, update = _progress(f"Scoring every training image with {method} ...")
+    att = attribute(explorer(key), seed, method, progress=update)
+    bar.empty()
+    _ledger().add((key, seed, method))
+    return att
+
+
+def cached_attribution(key: str, seed: int, method: str):
+    """The attribution if it was computed before (by anyone), else None; never computes."""
+    return attribution(key, seed, method) if (key, seed, method) in _ledger() else None
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def verified(key: str, seed: int, method: str, m: int):
+    """The attribution with its top m rescored by exact chains."""
+    from tda.attribution import verify_topk
+
+    base = attribution(key, seed, method)
+    bar, update = _progress(f"Exact chains for the top {m} and the phantoms ...")
+    att = verify_topk(explorer(key), base, m=m, progress=update)
+    bar.empty()
+    return att
+
+
+@st.cache_data(show_spinner="Counterfactuals of the top images ...", max_entries=256)
+def counterfactuals(
+    key: str, seed: int, method: str, verified_m: int, rows: tuple[int, ...], exact: bool
+) -> np.ndarray:
+    from tda.attribution import counterfactuals_for
+
+    att = verified(key, seed, method, verified_m) if verified_m else attribution(key, seed, method)
+    return counterfactuals_for(explorer(key), att, list(rows), exact=exact).numpy()
+
+
+# -- the sidebar every page shows ------------------------------------------------------
+
+
+@dataclass
+class Context:
+    """What a page works on: the run (cache key, Explorer) and the seed."""
+
+    key: str
+    label: str
+    explorer: Explorer
+    seed: int
+
+    @property
+    def run(self):
+        return self.explorer.run
+
+
+def _random_seed() -> None:
+    set_kept("seed", random.randint(0, 99_999))
+
+
+def sidebar() -> Context:
+    """Run picker and seed; stops the page with a clear message if there is no run."""
+    runs = discover_runs()
+    if not runs:
+        st.info(TRAIN_HINT, icon=":material/model_training:")
+        st.stop()
+    labels = list(runs)
+    if st.session_state.get("_kept_run") not in labels:
+        st.session_state["_kept_run"] = labels[0]
+    with st.sidebar:
+        label = st.selectbox(
+            "Run",
+            labels,
+            key="run",
+            on_change=keep("run", labels[0]),
+            help="Runs under assets/ and under the folder in TDA_RUNS.",
+        )
+        c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+        seed = c1.number_input(
+            "Seed",
+            min_value=0,
+            max_value=MAX_SEED,
+            step=1,
+            key="seed",
+            on_change=keep("seed", 0),
+            help="Fixes the recorded noise: same seed, same sample.",
+        )
+        c2.button(":material/casino:", on_click=_random_seed, help="A random seed")
+    try:
+        key = run_key(runs[label])
+        ex = explorer(key)
+    except (TdaError, OSError) as e:
+        st.error(f"Cannot open run **{label}**: {e}")
+        st.stop()
+    s = ex.run.summary()
+    st.sidebar.caption(
+        f"{s['dataset']} · N = {s['N']} images · n = {s['n']} members · "
+        f"h = {s['h']} · {s['steps']} steps"
+    )
+    return Context(key, label, ex, int(seed))
