@@ -26,7 +26,7 @@ class ModelConfig:
     block_out_channels: tuple[int, ...] = (16, 32, 32)
     layers_per_block: int = 1
     norm_num_groups: int = 8
-    attention: bool = False  # attention blocks in the lowest resolution
+    attention: bool = False  # self-attention in the mid block and the lowest resolution
 
     def unet_kwargs(self, image_size: int, channels: int) -> dict[str, Any]:
         """Arguments of `diffusers.UNet2DModel` for this config."""
@@ -44,6 +44,7 @@ class ModelConfig:
             norm_num_groups=self.norm_num_groups,
             down_block_types=tuple(down),
             up_block_types=tuple(up),
+            add_attention=self.attention,
         )
 
 

@@ -97,10 +97,15 @@ def train_run(
     t0 = time.time()
     if pending:
         workers = max(1, min(workers or (os.cpu_count() or 1), len(pending)))
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        # torch's thread count honours OMP_NUM_THREADS and torch.set_num_threads
+        threads = max(1, torch.get_num_threads() // workers)
         if workers == 1:
-            for i in pending:
-                train_member(out, config, i, threads, stop_after, _Bar(i, config, progress))
+            before = torch.get_num_threads()
+            try:
+                for i in pending:
+                    train_member(out, config, i, threads, stop_after, _Bar(i, config, progress))
+            finally:
+                torch.set_num_threads(before)  # leave the caller's setting as it was
         else:
             _train_parallel(out, config, pending, workers, threads, stop_after, progress)
     if any(not member_dir(out, i).is_dir() for i in range(n)):
@@ -178,7 +183,7 @@ def _train_step(model, opt, sched, data, gen, tc, step) -> float:
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def _save_checkpoint(path: Path, model, opt, gen, step: int) -> None:

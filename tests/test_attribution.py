@@ -1,0 +1,152 @@
+"""Attribution methods against exact counterfactuals and independent references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from safetensors.torch import load_file
+
+from tda.api import Explorer
+from tda.attribution import (
+    METHODS,
+    attribute,
+    counterfactuals_for,
+    empirical_pvalues,
+    jacobian,
+    verify_topk,
+)
+from tda.cli import main
+from tda.encoding import u0
+from tda.ensemble import load_run
+
+SEED = 5
+
+
+@pytest.fixture(scope="module")
+def linear_explorer(tiny_run_dir) -> Explorer:
+    """The tiny run with clip_sample off: with one step (from t=999), y is affine in v."""
+    run = load_run(tiny_run_dir)
+    run.scheduler = DDPMScheduler.from_config(run.scheduler.config, clip_sample=False,
+                                              timestep_spacing="trailing")
+    return Explorer(run)
+
+
+@pytest.fixture(scope="module")
+def exact_att(tiny_explorer):
+    return attribute(tiny_explorer, SEED, "exact")
+
+
+@pytest.mark.parametrize("method", ["jacobian", "last-step", "individual", "individual-paper"])
+def test_one_step_linear_chain_makes_approximations_exact(linear_explorer, method):
+    ex = linear_explorer
+    exact = attribute(ex, SEED, "exact", steps=1)
+    approx = attribute(ex, SEED, method, steps=1)
+    np.testing.assert_allclose(approx.scores, exact.scores, rtol=2e-3, atol=1e-5)
+    np.testing.assert_allclose(approx.null_scores, exact.null_scores, rtol=2e-3, atol=1e-5)
+    rows = np.arange(ex.run.N)
+    torch.testing.assert_close(counterfactuals_for(ex, approx, rows),
+                               counterfactuals_for(ex, exact, rows), rtol=2e-3, atol=1e-4)
+
+
+def _chain_of_v(ex: Explorer, seed: int):
+    """An independent dense chain y(v) written for torch.func (no masking, no batching)."""
+    chain, noise = ex.chain(), ex.noise(seed)
+    members = ex.run.members
+
+    def f(v: torch.Tensor) -> torch.Tensor:
+        x = noise.x_T[None]
+        for k, t in enumerate(chain.timesteps):
+            eps = sum(v[i] * m(x, t).sample for i, m in enumerate(members))
+            x = chain.step(k, x, eps, noise.noise[k])
+        return x[0].flatten()
+
+    return f
+
+
+def test_jacobian_matches_forward_mode_ad_and_small_exact_changes(linear_explorer):
+    ex = linear_explorer
+    n = ex.n
+    J = jacobian(ex, SEED)
+    f = _chain_of_v(ex, SEED)
+    tangents = torch.eye(n)
+    J_ad = torch.stack([torch.func.jvp(f, (u0(n),), (tangents[i],))[1] for i in range(n)], 1)
+    torch.testing.assert_close(J, J_ad, rtol=0, atol=2e-3 * float(J_ad.abs().max()))
+    # an exact small change of the weights moves the sample by J @ dv
+    dv = torch.randn(n, generator=torch.Generator().manual_seed(0)) * 1e-3
+    y0 = ex.y(u0(n), SEED)[0].flatten()
+    y1 = ex.y(u0(n) + dv, SEED)[0].flatten()
+    torch.testing.assert_close(y1 - y0, J @ dv, rtol=0, atol=0.02 * float((y1 - y0).abs().max()))
+
+
+def test_sweep_scores_equal_one_at_a_time_counterfactuals(tiny_explorer, exact_att):
+    ex = tiny_explorer
+    for row in range(ex.run.N):
+        cf = ex.counterfactual(SEED, remove_rows=[row])
+        assert exact_att.scores[row] == pytest.approx(cf.score, rel=1e-5, abs=1e-6)
+        torch.testing.assert_close(counterfactuals_for(ex, exact_att, [row])[0], cf.counterfactual,
+                                   rtol=1e-5, atol=1e-6)
+    assert exact_att.exact and list(exact_att.order) == list(np.argsort(-exact_att.scores, kind="stable"))
+
+
+def test_verified_topk_returns_exact_counterfactuals(tiny_explorer, exact_att):
+    ex = tiny_explorer
+    approx = attribute(ex, SEED, "last-step")
+    m = 8
+    v = verify_topk(ex, approx, m=m)
+    top = approx.order[:m]
+    assert set(v.verified_rows) == set(top)
+    np.testing.assert_allclose(v.scores[top], exact_att.scores[top], rtol=1e-5, atol=1e-6)
+    assert list(v.order[:m]) == sorted(top, key=lambda r: -exact_att.scores[r])
+    cf = counterfactuals_for(ex, v, v.order[:3], exact=True)
+    for k, row in enumerate(v.order[:3]):
+        torch.testing.assert_close(cf[k], ex.counterfactual(SEED, remove_rows=[row]).counterfactual,
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_noise_floor_uses_unused_codes_and_gives_pvalues(tiny_explorer, exact_att):
+    from math import comb
+
+    run = tiny_explorer.run
+    assert len(exact_att.null_scores) == comb(run.n, run.h) - run.N  # every unused code
+    assert np.all((exact_att.pvalues > 0) & (exact_att.pvalues <= 1))
+    s = exact_att.attributability
+    assert s["n_above"] == int((exact_att.scores > s["p99"]).sum())
+    assert s["top1_ratio"] == pytest.approx(exact_att.scores.max() / s["p99"])
+    p = empirical_pvalues(np.array([0.0, 2.5, 10.0]), np.array([1.0, 2.0, 3.0]))
+    np.testing.assert_allclose(p, [1.0, 0.5, 0.25])
+
+
+def test_nearest_ranks_by_pixel_distance(tiny_explorer):
+    att = attribute(tiny_explorer, SEED, "nearest")
+    imgs = tiny_explorer.run.images.reshape(tiny_explorer.run.N, -1) / 255.0
+    y = (att.sample.flatten().numpy() + 1) / 2
+    brute = np.linalg.norm(imgs - y, axis=1)
+    np.testing.assert_allclose(-att.scores, brute, rtol=1e-4, atol=1e-5)
+    assert np.isnan(att.pvalues).all() and len(att.null_scores) == 0
+
+
+def test_unknown_method_is_refused(tiny_explorer):
+    from tda import TdaError
+
+    with pytest.raises(TdaError, match="unknown method"):
+        attribute(tiny_explorer, SEED, "magic")
+    assert "exact" in METHODS
+
+
+def test_cli_attribute_writes_documented_tensors(tiny_run_dir, tmp_path, capsys):
+    out = tmp_path / "a.safetensors"
+    rc = main(["attribute", "--run", str(tiny_run_dir), "--seed", str(SEED), "--method",
+               "jacobian", "--top-k", "3", "--verify", "6", "--out", str(out)])
+    assert rc == 0
+    t = load_file(str(out))
+    N = 16
+    assert t["scores"].shape == (N,) and t["scores"].dtype == torch.float32
+    assert t["order"].shape == (N,) and t["order"].dtype == torch.int64
+    assert t["pvalues"].shape == (N,) and t["null_scores"].ndim == 1
+    assert t["sample"].shape == (1, 8, 8)
+    assert t["topk_index"].tolist() == t["order"][:3].tolist()
+    assert t["topk_counterfactual"].shape == (3, 1, 8, 8)
+    assert main(["attribute", "--run", str(tiny_run_dir), "--top-k", "0", "--out", str(out)]) == 2
+    assert "error: --top-k" in capsys.readouterr().err
