@@ -1,0 +1,263 @@
+"""Page tests of the Streamlit explorer (AppTest) on the tiny run.
+
+The app finds the tiny run through TDA_RUNS; TDA_ASSETS points at an empty folder so
+that a shipped assets/default never leaks in. Streamlit's caches are process-wide, so
+later tests reuse the samples and attributions of earlier ones.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tda import views
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 120
+
+
+@pytest.fixture
+def app_env(tiny_run_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TDA_RUNS", str(tiny_run_dir.parent))
+    monkeypatch.setenv("TDA_ASSETS", str(tmp_path / "no-assets"))
+    return tiny_run_dir
+
+
+def open_app(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    if page:
+        at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def images(at: AppTest) -> list:
+    """Every single image shown on the page (st.image lists flattened), in order."""
+    return [im for el in at.get("image") for im in el.proto.imgs]
+
+
+def captions(at: AppTest) -> list[str]:
+    return [im.caption for im in images(at)]
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def markdown(at: AppTest) -> list[str]:
+    return [m.value for m in at.markdown]
+
+
+def test_no_run_explains_how_to_train_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("TDA_RUNS", str(tmp_path / "empty"))
+    monkeypatch.setenv("TDA_ASSETS", str(tmp_path / "no-assets"))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert "No trained run was found" in at.info[0].value
+    assert "python -m tda train" in at.info[0].value
+    assert not at.metric and not at.get("plotly_chart")
+
+
+def test_broken_run_is_refused_with_its_reason(tiny_run_copy, tmp_path, monkeypatch):
+    (tiny_run_copy / "codes.safetensors").write_bytes(b"tampered")
+    monkeypatch.setenv("TDA_RUNS", str(tiny_run_copy.parent))
+    monkeypatch.setenv("TDA_ASSETS", str(tmp_path / "no-assets"))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert "Cannot open run" in at.error[0].value and "codes.safetensors" in at.error[0].value
+
+
+def test_home_summarises_the_run(app_env):
+    at = open_app()
+    assert at.selectbox(key="run").value == f"{app_env.parent.name}/tiny"
+    m = metrics(at)
+    assert (m["Training images N"], m["Members n"], m["Code weight h"]) == ("16", "6", "3")
+    assert (m["Dataset"], m["Sampling steps"], m["Initialisation"]) == ("digits", "10", "shared")
+    assert m["Image size"] == "1 × 8 × 8"
+    charts = at.get("plotly_chart")
+    assert len(charts) == 2  # code matrix and counterfactual diagram
+    assert '"Heatmap"' in charts[0].proto.spec or '"heatmap"' in charts[0].proto.spec
+    assert "Code matrix" in charts[0].proto.spec
+    assert "without image #0" in charts[1].proto.spec
+    assert len(at.get("page_link")) == 4
+
+
+def test_generate_shows_sample_trajectory_members_and_follows_the_seed(app_env, tiny_explorer):
+    seen = tiny_explorer.run.codes.sum(0)
+    at = open_app("generate")
+    assert len(images(at)) == 1 + 1 + 6  # sample, trajectory step, six members
+    caps = captions(at)
+    assert caps[0] == "full ensemble, 10 steps"
+    assert caps[1].startswith("after step 10/10")
+    assert caps[2:] == [f"member {i} · saw {seen[i]} images" for i in range(6)]
+    assert {"Ensemble sample", "Trajectory", "All 6 members alone"} <= set(metrics(at))
+    assert all(v.endswith(" s") for v in metrics(at).values())
+    assert at.subheader[0].value == "Sample of seed 0"
+    first = images(at)[0].url
+
+    at.slider(key="traj_step").set_value(0).run()
+    assert captions(at)[1] == "x_T (pure noise)"
+
+    at.number_input(key="seed").set_value(3).run()
+    assert not at.exception
+    assert at.subheader[0].value == "Sample of seed 3"
+    assert images(at)[0].url != first  # another seed, another sample
+
+    at.switch_page("pages/ablation.py").run()  # the seed carries over to other pages
+    assert at.number_input(key="seed").value == 3
+    assert captions(at)[0] == "full ensemble (seed 3)"
+
+
+def _check_attribution_page(at: AppTest, k: int = 8) -> None:
+    """Top-k rows with three images each, a badge per row, warning iff top-1 < p99."""
+    assert not at.exception, at.exception
+    assert len(images(at)) == 1 + 3 * k
+    caps = captions(at)[1:]
+    assert caps[0::3] == ["training image"] * k and caps[2::3] == ["residual"] * k
+    rows = [s for s in markdown(at) if s.startswith("**#")]
+    assert len(rows) == k and rows[0].startswith("**#1 · training image ")
+    badges = [s for s in markdown(at) if "-badge[" in s]
+    assert len(badges) == k
+    ratio = metrics(at)["Top-1 / phantom p99"]
+    warned = any("indistinguishable from member noise" in w.value for w in at.warning)
+    if ratio != "n/a":
+        assert warned == (float(ratio) < 1)
+
+
+def test_attribution_methods_verification_and_comparison(app_env):
+    at = open_app("attribution")
+    assert at.selectbox(key="method").value == "jacobian"
+    _check_attribution_page(at)
+    assert all(s.endswith("(approximate)") for s in markdown(at) if s.startswith("score **"))
+    badges = [s for s in markdown(at) if "-badge[" in s]
+    assert all(
+        b.startswith((":gray-badge[within noise (p=", ":green-badge[above noise floor"))
+        for b in badges
+    )
+    assert len(at.get("plotly_chart")) == 1  # histogram; no exact scores yet for a scatter
+
+    for method in ("last-step", "individual"):
+        at.selectbox(key="method").set_value(method).run()
+        _check_attribution_page(at)
+        assert any(f"Method **{method}**" in c.value for c in at.caption)
+
+    at.selectbox(key="method").set_value("nearest").run()
+    _check_attribution_page(at)
+    assert "no noise floor" in " ".join(markdown(at))
+    assert "pixel similarity" in at.info[0].value
+
+    at.selectbox(key="method").set_value("exact").run()
+    assert not images(at) and "one full chain per training image" in at.info[0].value
+    next(b for b in at.button if b.label.startswith("Compute exact")).click().run()
+    _check_attribution_page(at)
+    assert "(exact)" in " ".join(markdown(at))
+    assert not [b for b in at.button if b.label.startswith("Verify")]
+
+    at.selectbox(key="method").set_value("jacobian").run()  # exact is cached: scatter + rho
+    _check_attribution_page(at)
+    m = metrics(at)
+    assert -1.0 <= float(m["Spearman ρ vs exact"]) <= 1.0
+    assert m["Top-8 overlap with exact"].endswith("/8")
+    assert len(at.get("plotly_chart")) == 2
+
+    verify = next(b for b in at.button if b.label.startswith("Verify exactly"))
+    verify.click().run()
+    _check_attribution_page(at)
+    assert "exact for the top 16" in " ".join(c.value for c in at.caption)
+    scores = [s for s in markdown(at) if s.startswith("score **")]
+    assert all(s.endswith("(exact)") for s in scores)
+
+    at.slider(key="topk").set_value(3).run()
+    _check_attribution_page(at, k=3)
+
+
+def test_ablation_toggles_members_and_removes_images(app_env, tiny_explorer):
+    codes = tiny_explorer.run.codes
+    at = open_app("ablation")
+    assert metrics(at)["Members on"] == "6/6"
+    assert metrics(at)["Distance ‖y′ − y‖"] == "0.0000"
+    assert len(images(at)) == 3
+
+    at.toggle(key="member_0").set_value(False).run()
+    assert metrics(at)["Members on"] == "5/6"
+    assert float(metrics(at)["Distance ‖y′ − y‖"]) > 0
+    assert metrics(at)["Training images no active member saw"] == "0"  # h = 3: others saw them
+
+    at.selectbox(key="only_member").set_value(2).run()
+    next(b for b in at.button if b.label == "Only member 2").click().run()
+    assert [at.toggle(key=f"member_{i}").value for i in range(6)] == [i == 2 for i in range(6)]
+    unseen = int((codes[:, 2] == 0).sum())
+    assert metrics(at)["Training images no active member saw"] == str(unseen)
+    assert len(images(at)) == 3 + unseen
+    assert captions(at)[1] == "1 of 6 members on"
+
+    at.number_input(key="remove_row").set_value(5).run()
+    next(b for b in at.button if b.label == "Remove training image #5").click().run()
+    assert [at.toggle(key=f"member_{i}").value for i in range(6)] == list(codes[5] == 0)
+    expected = tiny_explorer.counterfactual(0, remove_rows=[5])
+    assert metrics(at)["Distance ‖y′ − y‖"] == f"{expected.score:.4f}"
+    assert "#5 · label" in " ".join(captions(at)[3:])
+
+    for i in range(6):
+        at.toggle(key=f"member_{i}").set_value(False)
+    at.run()
+    assert "at least one member" in at.warning[0].value and not at.metric
+
+    next(b for b in at.button if b.label == "All on").click().run()
+    assert metrics(at)["Members on"] == "6/6"
+
+
+def _png(array: np.ndarray, size: int = 64) -> bytes:
+    buf = io.BytesIO()
+    views.to_image(array, size).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_training_set_browse_pick_and_search(app_env, tiny_explorer):
+    run = tiny_explorer.run
+    at = open_app("training_set")
+    caps = captions(at)
+    assert caps[:16] == [f"#{j} · {int(run.labels[j])}" for j in range(16)]
+
+    at.selectbox(key="browse_label").set_value(3).run()
+    assert captions(at)[:3] == ["#6 · 3", "#7 · 3", "#0 · label 0"]  # then the picked image
+
+    at.number_input(key="picked").set_value(5).run()
+    code = views.bits(run.codes[5])
+    assert any(s.startswith(f"Code `{code}`") for s in markdown(at))
+    picked = captions(at).index(f"#5 · label {int(run.labels[5])}")
+    neigh = captions(at)[picked + 1 : picked + 9]
+    assert len(neigh) == 8 and not any(c.startswith("#5 ") for c in neigh)
+    assert all(" · L2 " in c for c in neigh)
+
+    # the current sample's neighbours (memorisation check): 8 more after the sample itself
+    s = captions(at).index("seed 0")
+    assert all(" · L2 " in c for c in captions(at)[s + 1 : s + 9])
+
+    # an image of the training set, uploaded, finds itself at distance 0
+    at.file_uploader(key="upload").set_value(
+        ("seven.png", _png(run.images[12], size=8), "image/png")
+    )
+    at.run()
+    assert not at.error
+    u = captions(at).index("your image, converted")
+    assert captions(at)[u + 1] == f"#12 · label {int(run.labels[12])} · L2 0.00"
+
+    at.file_uploader(key="upload").set_value(("notes.png", b"not an image at all", "image/png"))
+    at.run()
+    assert not at.exception
+    assert "Could not read notes.png" in at.error[0].value
+    assert "your image, converted" not in captions(at)
+
+
+def test_training_set_shows_influence_once_attributed(app_env):
+    at = open_app("attribution")  # computes (or reuses) the jacobian scores for seed 0
+    at.switch_page("pages/training_set.py").run()
+    at.number_input(key="picked").set_value(9).run()
+    text = " ".join(markdown(at))
+    assert "Influence on the sample of seed 0 (jacobian): score **" in text
+    assert "rank " in text and "of 16" in text
