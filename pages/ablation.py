@@ -23,7 +23,7 @@ st.caption(
     "Removing a training image is switching off every member that saw it."
 )
 
-b1, b2, b3, b4, b5 = st.columns([1, 1, 1, 1, 1], vertical_alignment="bottom")
+b1, b2, b3, b4, b5 = st.columns([2, 2, 3, 2, 3], vertical_alignment="bottom")
 b1.button("All on", on_click=_set_mask, args=(np.ones(n, bool),), width="stretch")
 only = b2.selectbox("Member", range(n), key="only_member")
 b3.button(f"Only member {only}", on_click=_set_mask, args=(np.arange(n) == only,), width="stretch")
@@ -31,7 +31,7 @@ row = b4.number_input(
     "Training image #", 0, run.N - 1, key="remove_row", on_change=state.keep("remove_row", 0)
 )
 b5.button(
-    f"Remove training image #{row}",
+    f"Remove image #{row}",
     on_click=_set_mask,
     args=(run.codes[row] == 0,),
     width="stretch",
@@ -63,8 +63,16 @@ render.show_residual(residual, "residual", 256, vmax, c[2])
 with c[3]:
     st.metric("Members on", f"{on}/{n}")
     st.metric("Distance ‖y′ − y‖", f"{cf.score:.4f}")
-    st.metric("Training images no active member saw", len(cf.excluded))
-    st.caption(f"Chain: {seconds:.2f} s. " + render.residual_legend(vmax))
+    st.metric(
+        "Unseen training images",
+        len(cf.excluded),
+        help="Training images that no member that is on ever saw.",
+    )
+    st.caption(f"Chain computed in {seconds:.2f} s.")
+if on == n:
+    st.caption("All members are on: this is the full ensemble itself, so nothing changes.")
+else:
+    st.caption(render.residual_legend(vmax))
 
 st.subheader(f"Training images no active member saw ({len(cf.excluded)})")
 if len(cf.excluded) == 0:

@@ -45,9 +45,10 @@ m = min(64, run.N)
 vflag = ("verified", key, seed, method)
 att = base
 if not base.exact:
-    if st.button(
+    if not st.session_state.get(vflag) and st.button(
         f"Verify exactly: rescore the top {m} with exact chains",
-        help="Re-runs the top images and 128 phantoms as exact counterfactual "
+        icon=":material/fact_check:",
+        help="Re-runs the top images and up to 128 phantoms as exact counterfactual "
         "chains and re-ranks them.",
     ):
         state.verified(key, seed, method, m)
@@ -58,30 +59,31 @@ verified_m = m if att is not base else 0
 
 # -- how attributable is this sample? ------------------------------------------------
 a = att.attributability
+ratio = a["top1_ratio"]
+P = len(att.null_scores)
+p_top = float(att.pvalues[att.order[0]])
 left, right = st.columns([1, 4])
 render.show(att.sample, f"sample of seed {seed}", 192, container=left)
 with right:
     mc = st.columns(4)
-    ratio = a["top1_ratio"]
     mc[0].metric(
         "Top-1 / phantom p99",
         "n/a" if np.isnan(ratio) else f"{ratio:.2f}",
         help="Highest real score over the 99th percentile of phantom scores.",
     )
     mc[1].metric(
-        "Images above phantom p99",
+        "Above phantom p99",
         a["n_above"],
-        help="Chance alone would put about 1% of the images there.",
+        help="Training images that score above the phantoms' 99th percentile.",
     )
     mc[2].metric(
-        "Expected by chance",
+        "Chance expects",
         "n/a" if np.isnan(a["expected_above"]) else f"{a['expected_above']:.1f}",
+        help="1% of the training images land above the p99 by chance alone.",
     )
     mc[3].metric("Time", f"{att.seconds:.2f} s")
-    scored = (
-        "exact" if att.exact else ("exact for the top " + str(m) if verified_m else "approximate")
-    )
-    st.caption(f"Method **{att.method}** · scores {scored} · {len(att.null_scores)} phantom codes")
+    scored = "exact" if att.exact else f"exact for the top {m}" if verified_m else "approximate"
+    st.caption(f"Method **{att.method}** · scores {scored} · {P} phantom codes")
     if np.isnan(ratio):
         st.info(
             "Nearest neighbours measure pixel similarity, not influence: there is no "
@@ -95,10 +97,22 @@ with right:
             "Read the images below as what the method ranks first, not as evidence.",
             icon=":material/warning:",
         )
-    else:
+    elif p_top < render.NOISE_ALPHA:
         st.success(
-            f"The top image scores {ratio:.2f}× the phantom p99: above the noise floor.",
+            f"The top image scores {ratio:.2f}× the phantom p99 (p = {p_top:.3f}): "
+            "above the noise floor.",
             icon=":material/check_circle:",
+        )
+    else:
+        st.info(
+            f"The top image scores {ratio:.2f}× the phantom p99, but its p-value is "
+            f"{p_top:.2f}: not clearly above the noise floor.",
+            icon=":material/info:",
+        )
+    if 0 < P < 100:
+        st.caption(
+            f"Only {P} phantom codes are available (codes of weight {run.h} in {run.n} bits "
+            f"not used by the {run.N} images): no p-value can go below {1 / (P + 1):.2f}."
         )
 
 # -- the top-k -------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from ui import render, state
 
 MAX_UPLOAD_MB = 5
 PAGE_SIZE = 32
-NEIGHBOURS = 8
+NEIGHBOURS = 6
 
 ctx = state.sidebar()
 run = ctx.run
@@ -53,10 +53,10 @@ render.gallery(run.images[shown], [f"#{j} · {int(run.labels[j])}" for j in show
 
 # -- one image ---------------------------------------------------------------------------
 st.subheader("One training image")
-j = st.number_input(
+left, right = st.columns([1, 3])
+j = left.number_input(
     "Training image #", 0, run.N - 1, key="picked", on_change=state.keep("picked", 0)
 )
-left, right = st.columns([1, 3])
 render.show(run.images[j], f"#{j} · label {int(run.labels[j])}", 192, left)
 with right:
     members = views.members_of(run.codes[j])

@@ -12,6 +12,18 @@ from tda import views
 NOISE_ALPHA = 0.05  # a real score with p below this is shown as above the noise floor
 
 
+STYLE = """<style>
+[data-testid="stImage"] img, [data-testid="stFullScreenFrame"] img {
+  border-radius: 0 !important; image-rendering: pixelated;
+}
+</style>"""
+
+
+def style() -> None:
+    """Square, pixelated images: the samples are a few pixels wide and must stay crisp."""
+    st.html(STYLE)
+
+
 def show(image, caption: str | None = None, size: int = 256, container=st) -> None:
     """One image [C, H, W] (uint8 or [-1, 1]), crisp, as PNG (JPEG would blur the pixels)."""
     container.image(views.to_image(image, size), caption=caption, output_format="PNG")

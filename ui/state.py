@@ -21,6 +21,7 @@ import streamlit as st
 from tda import TdaError
 from tda.api import MAX_SEED, Explorer
 from tda.ensemble import MANIFEST
+from ui import render
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_RUN = "default"
@@ -229,6 +230,7 @@ def _random_seed() -> None:
 
 def sidebar() -> Context:
     """Run picker and seed; stops the page with a clear message if there is no run."""
+    render.style()
     runs = discover_runs()
     if not runs:
         st.info(TRAIN_HINT, icon=":material/model_training:")

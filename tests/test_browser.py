@@ -1,0 +1,180 @@
+"""The explorer in a real browser: `streamlit run app.py` driven by Playwright + Chromium.
+
+Opens every page on the tiny run, waits until Streamlit has finished running, checks
+the page's key elements and saves a full-page screenshot to tests/screenshots/.
+Skips when Debian's chromium is not installed (`apt-get install chromium`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = ROOT / "tests" / "screenshots"
+START_TIMEOUT = 60
+PAGE_TIMEOUT_MS = 120_000
+
+# url path -> (title shown, selectors that must exist, text that must show)
+PAGES = {
+    "": (
+        "Which training images made this sample?",
+        ['[data-testid="stPlotlyChart"]'],
+        ["Training images N", "How a counterfactual works"],
+    ),
+    "generate": (
+        "Generate",
+        ['[data-testid="stImage"] img', '[data-testid="stSlider"]'],
+        ["Every member alone", "member 5"],
+    ),
+    "attribution": (
+        "Attribution",
+        ['[data-testid="stImage"] img', '[data-testid="stPlotlyChart"]'],
+        ["Top-1 / phantom p99", "training image", "Top 8 training images"],
+    ),
+    "ablation": (
+        "Ablation lab",
+        ['[data-testid="stCheckbox"]', '[data-testid="stImage"] img'],
+        ["Members on", "member 5", "Remove training image"],
+    ),
+    "training_set": (
+        "Training set",
+        ['[data-testid="stFileUploader"]', '[data-testid="stImage"] img'],
+        ["Browse", "Nearest training images", "With an image of your own"],
+    ),
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run_dir, tmp_path_factory):
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    port = _free_port()
+    env = dict(
+        os.environ,
+        TDA_RUNS=str(tiny_run_dir.parent),
+        TDA_ASSETS=str(tmp_path_factory.mktemp("no-assets")),
+    )
+    log = tmp_path_factory.mktemp("streamlit") / "server.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "app.py",
+                "--server.headless",
+                "true",
+                "--server.port",
+                str(port),
+                "--browser.gatherUsageStats",
+                "false",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + START_TIMEOUT
+        while True:
+            try:
+                urllib.request.urlopen(url + "/_stcore/health", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    pytest.fail(f"streamlit did not start:\n{log.read_text()}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        pg = browser.new_page(viewport={"width": 1400, "height": 900})
+        pg.set_default_timeout(PAGE_TIMEOUT_MS)
+        yield pg
+        browser.close()
+
+
+def wait_until_done(page) -> None:
+    """Streamlit is done when its app view exists and its running indicator is gone."""
+    page.wait_for_selector('[data-testid="stAppViewContainer"]')
+    page.wait_for_timeout(500)  # let the first run start
+    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached")
+    page.wait_for_selector('[data-testid="stSkeleton"]', state="detached")
+
+
+def screenshot(page, name: str) -> None:
+    """The whole page: Streamlit scrolls inside its main block, so grow the viewport to fit."""
+    height = page.evaluate(
+        "() => Math.max(...['stMain', 'stAppViewContainer', 'stMainBlockContainer'].map("
+        "id => document.querySelector(`[data-testid=${id}]`)?.scrollHeight || 0))"
+    )
+    width = page.viewport_size["width"]
+    page.set_viewport_size({"width": width, "height": min(max(900, height + 40), 8000)})
+    page.wait_for_timeout(700)  # charts re-layout at the new size
+    SHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SHOTS / name), full_page=True)
+    page.set_viewport_size({"width": width, "height": 900})
+
+
+@pytest.mark.parametrize("path", list(PAGES))
+def test_page_renders(server, page, path):
+    title, selectors, texts = PAGES[path]
+    page.goto(f"{server}/{path}")
+    wait_until_done(page)
+    page.get_by_role("heading", name=title).first.wait_for()
+    for sel in selectors:
+        page.locator(sel).first.wait_for(state="visible")
+    body = page.locator('[data-testid="stMain"]').inner_text()
+    for text in texts:
+        assert text in body, f"{text!r} missing on /{path}"
+    assert not page.locator('[data-testid="stException"]').count()
+    for img in page.locator('[data-testid="stImage"] img').all():  # every image has loaded
+        assert img.evaluate("i => i.complete && i.naturalWidth > 0")
+    screenshot(page, f"{path or 'home'}.png")
+
+
+def test_seed_change_in_the_browser(server, page):
+    page.goto(f"{server}/generate")
+    wait_until_done(page)
+    seed = page.get_by_role("spinbutton", name="Seed")
+    seed.fill("7")
+    seed.press("Enter")
+    page.get_by_role("heading", name="Sample of seed 7").wait_for()
+    wait_until_done(page)
+    page.get_by_role("link", name="Ablation lab").click()
+    page.get_by_text("full ensemble (seed 7)").wait_for()
+    wait_until_done(page)
+    screenshot(page, "ablation_seed7.png")
