@@ -93,6 +93,19 @@ def record_noise(shape: Sequence[int], chain: Chain, seed: int) -> RecordedNoise
     return RecordedNoise(x_T, noise, chain.timesteps.clone(), int(seed))
 
 
+def stack_noise(noises: Sequence[RecordedNoise]) -> RecordedNoise:
+    """One noise per chain: x_T [B,C,H,W], z [K,B,C,H,W] (seed -1) for `sample_chains`.
+
+    Chain b of the batch uses `noises[b]`; e.g. many samples of one weight vector,
+    each with its own seed's noise.
+    """
+    if not noises:
+        raise TdaError("stack_noise needs at least one recorded noise")
+    x_T = torch.stack([z.x_T for z in noises])
+    noise = torch.stack([z.noise for z in noises], dim=1)
+    return RecordedNoise(x_T, noise, noises[0].timesteps.clone(), -1)
+
+
 @torch.no_grad()
 def sample_chains(
     members: Sequence[torch.nn.Module],
@@ -108,6 +121,7 @@ def sample_chains(
     eps_v(x, t) = sum_i v_i eps_i(x, t). Member i runs, per step, only on the chains
     where v_i != 0, in chunks of `chunk`. With `trajectory`, also returns x after
     every step [K+1, B, C, H, W] (x_T first). `progress(k, K)` is called per step.
+    A batched noise (`stack_noise`, x_T [B,C,H,W]) gives chain b its own noise.
     """
     if weights.ndim == 1:
         weights = weights[None]
@@ -115,7 +129,9 @@ def sample_chains(
         raise TdaError(f"weights have {weights.shape[1]} entries for {len(members)} members")
     device = next(members[0].parameters()).device
     V = weights.to(device=device, dtype=torch.float32)
-    x = noise.x_T.to(device).expand(V.shape[0], *noise.x_T.shape).clone()
+    if noise.x_T.ndim == 4 and len(noise.x_T) != len(V):
+        raise TdaError(f"{len(noise.x_T)} recorded noises for {len(V)} weight vectors")
+    x = noise.x_T.to(device).expand(V.shape[0], *noise.x_T.shape[-3:]).clone()
     rows = [torch.nonzero(V[:, i]).squeeze(1) for i in range(len(members))]
     coef = [V[r, i].view(-1, 1, 1, 1) for i, r in enumerate(rows)]
     traj = [x.cpu()] if trajectory else None

@@ -1,0 +1,576 @@
+"""The evaluation report of a run: does the ensemble sample well, and is attribution real?
+
+`evaluate(run, out, sizes)` writes `out/report.json` and plotly figures beside it
+(`report_figures.py`). Parts, each saved under `out/parts/` the moment it is done and
+skipped on a rerun with the same settings (expensive intermediates, samples in
+blocks of seeds and attributions per seed, under `out/cache/`):
+
+- fidelity: FD in a classifier's features (not Inception FID) of ensemble samples and
+  of every member alone vs real held-out images; share classified with confidence >= 0.9;
+- convergence: sub-ensembles of k members (random draws), mean L2 distance of their
+  samples to the full ensemble's under the same noise, and their FD;
+- agreement: every approximation and `nearest` vs exact scores (Spearman, Pearson,
+  top-10 overlap) over several seeds;
+- noise floor and class agreement: real vs phantom exact scores, attributability per
+  seed, how often the exact top-10 share the sample's class vs chance;
+- compare: the same noise-floor summary on other runs (attributability vs N);
+- cost: seconds of each part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from scipy.stats import ks_2samp
+
+from . import TdaError
+from .api import Explorer
+from .attribution import METHODS, Attribution, attribute
+from .ensemble import MANIFEST
+from .metrics import (
+    CLASSIFIER_DIR,
+    CONFIDENT,
+    FD_NAME,
+    Classifier,
+    features,
+    fit_classifier,
+    frechet_distance,
+    heldout_split,
+    load_classifier,
+    pearson,
+    probabilities,
+    spearman,
+    topk_overlap,
+)
+from .sampling import sample_chains, stack_noise
+
+FORMAT_VERSION = 1
+REPORT = "report.json"
+PARTS_DIR = "parts"
+CACHE_DIR = "cache"
+BLOCK = 32  # seeds per saved block of samples
+TOP_K = 10
+HIST_BINS = 40
+APPROXIMATIONS = tuple(m for m in METHODS if m != "exact")
+
+Progress = Callable[[str, float, int], None] | None  # (what, done, total)
+
+
+@dataclass
+class EvalSizes:
+    samples: int = 512  # samples per weight vector (ensemble, each member, sub-ensembles)
+    seeds: int = 16  # seeds scored exactly and by every approximation
+    draws: int = 3  # random member subsets per sub-ensemble size
+    sizes: tuple[int, ...] = (1, 2, 4, 8, 12)  # sub-ensemble sizes k; n is always added
+    classifier_steps: int = 1500  # when the run has no classifier yet
+
+    def check(self) -> None:
+        if self.samples < 2 or self.seeds < 1 or self.draws < 1 or not self.sizes:
+            raise TdaError("need --samples >= 2, --seeds >= 1, --draws >= 1 and some --sizes")
+
+
+def evaluate(
+    run: Explorer | str | Path,
+    out: str | Path,
+    sizes: EvalSizes | None = None,
+    compare_runs=(),
+    classifier_dir: str | Path | None = None,
+    device: str = "cpu",
+    progress: Progress = None,
+) -> dict:
+    """Compute (or resume) every part of the report of `run` into the folder `out`."""
+    sizes = sizes or EvalSizes()
+    sizes.check()
+    ex = run if isinstance(run, Explorer) else Explorer(run, device=device)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fp = fingerprint(ex)
+    clf = classifier_for(ex, classifier_dir, sizes, progress)
+    _, _, real, _ = heldout_split(ex.run.config.data, clf.config)
+    real_f = features(clf, real)
+    report: dict = {
+        "format_version": FORMAT_VERSION,
+        "note": FD_NAME,
+        "complete": False,
+        "run": ex.run.summary(),
+        "sizes": asdict(sizes),
+        "classifier": {**clf.info, "path": str(clf.path)},
+    }
+
+    def part(name: str, params: dict, fn: Callable[[], dict]) -> dict:
+        report[name] = cached_part(out, name, {**params, "run": fp, "clf": clf.sha256}, fn)
+        save_report(out, report)
+        return report[name]
+
+    subs = subensembles(ex.n, sizes.sizes, sizes.draws)
+    V, rows = weight_rows(ex.n, subs)
+    ys, sample_s = ensure_samples(ex, V, sizes.samples, out / CACHE_DIR / "samples", fp, progress)
+    feats: dict[int, np.ndarray] = {}
+
+    def feats_of(row: int) -> np.ndarray:
+        if row not in feats:
+            feats[row] = features(clf, ys[row])
+        return feats[row]
+
+    n = {"samples": sizes.samples}
+    part(
+        "fidelity",
+        n,
+        lambda: fidelity(clf, ys, ex.n, real, real_f, feats_of, ex.run.images, sample_s),
+    )
+    part(
+        "convergence",
+        {**n, "sizes": list(sizes.sizes), "draws": sizes.draws},
+        lambda: convergence(subs, rows, ys, real_f, feats_of),
+    )
+    seeds = list(range(sizes.seeds))
+    summary = part(
+        "attribution",
+        {"seeds": seeds},
+        lambda: attribution_summary(
+            ex, clf, seeds, METHODS, out / CACHE_DIR / "attributions", fp, progress
+        ),
+    )
+    report["by_n"] = [by_n_entry(ex.run.summary(), summary)]
+    for path in compare_runs:
+        name = f"compare-{_short_hash(str(Path(path).resolve()))}"
+        report["by_n"].append(
+            cached_part(
+                out,
+                name,
+                {"seeds": seeds, "path": str(Path(path).resolve())},
+                lambda path=path, name=name: compare_run(
+                    path, seeds, sizes, out / CACHE_DIR / name, device, progress
+                ),
+            )
+        )
+        save_report(out, report)
+    report["cost_seconds"] = cost(report, clf)
+    report["complete"] = True
+    from .report_figures import write_figures
+
+    report["figures"] = write_figures(report, out)
+    save_report(out, report)
+    return report
+
+
+# -- resumable parts -------------------------------------------------------------------
+
+
+def fingerprint(ex: Explorer) -> str:
+    """Identity of a run's files (its manifest); cached results of another run are stale."""
+    return _short_hash((Path(ex.run.path) / MANIFEST).read_text())
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cached_part(out: Path, name: str, params: dict, fn: Callable[[], dict]) -> dict:
+    """The saved part `name` if it was computed with `params`, else compute and save it."""
+    path = out / PARTS_DIR / f"{name}.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("params") == params:
+            return saved["result"]
+    t0 = time.perf_counter()
+    result = fn()
+    result.setdefault("seconds", round(time.perf_counter() - t0, 2))
+    _write_json(path, {"params": params, "result": result})
+    return result
+
+
+def save_report(out: Path, report: dict) -> None:
+    _write_json(out / REPORT, report)
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_clean(obj), indent=1, allow_nan=False))
+    os.replace(tmp, path)
+
+
+def _clean(obj):
+    """JSON-safe: numpy scalars to Python, NaN/inf to None."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def classifier_for(ex: Explorer, folder, sizes: EvalSizes, progress: Progress) -> Classifier:
+    """The run's classifier (`RUN/classifier/`), fitted and saved there if missing."""
+    folder = Path(folder) if folder is not None else Path(ex.run.path) / CLASSIFIER_DIR
+    data = ex.run.config.data
+    if folder.exists():
+        return load_classifier(folder, data)
+    report = None if progress is None else (lambda d, t: progress("classifier", d, t))
+    return fit_classifier(data, folder, steps=sizes.classifier_steps, progress=report)
+
+
+# -- samples ---------------------------------------------------------------------------
+
+
+def subensembles(n: int, sizes, draws: int, seed: int = 0) -> list[tuple[int, int, tuple]]:
+    """(k, draw, members) of random k-member subsets; k = n once (the full ensemble)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in sorted({int(k) for k in sizes if 1 <= int(k) < n} | {n}):
+        for d in range(draws if k < n else 1):
+            out.append((k, d, tuple(sorted(int(i) for i in rng.choice(n, k, replace=False)))))
+    return out
+
+
+def weight_rows(n: int, subs) -> tuple[torch.Tensor, dict[tuple, int]]:
+    """Distinct weight vectors: u0, every member alone, then the sub-ensembles [W, n]."""
+    rows: dict[tuple, int] = {tuple(range(n)): 0, **{(i,): i + 1 for i in range(n)}}
+    for _, _, members in subs:
+        rows.setdefault(members, len(rows))
+    V = torch.zeros(len(rows), n)
+    for members, r in rows.items():
+        V[r, list(members)] = 1.0 / len(members)
+    return V, rows
+
+
+def sample_many(
+    ex: Explorer,
+    V: torch.Tensor,
+    seeds: list[int],
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Samples [W, S, C, H, W]: every weight vector with every seed's recorded noise."""
+    W, S = len(V), len(seeds)
+    noise = stack_noise([ex.noise(s) for s in seeds] * W)  # chain w*S + s uses seed s
+    y = sample_chains(
+        ex.run.members,
+        V.repeat_interleave(S, 0),
+        noise,
+        ex.chain(),
+        chunk=ex.chunk,
+        progress=progress,
+    )
+    return y.view(W, S, *ex.run.image_shape)
+
+
+def ensure_samples(
+    ex: Explorer, V: torch.Tensor, n_samples: int, cache: Path, fp: str, progress: Progress
+) -> tuple[torch.Tensor, float]:
+    """Samples of seeds 0..n_samples-1 for every row of V, in blocks saved to `cache`."""
+    blocks, seconds = [], 0.0
+    starts = range(0, n_samples, BLOCK)
+    K = len(ex.chain().timesteps)
+    for b, start in enumerate(starts):
+        seeds = list(range(start, min(n_samples, start + BLOCK)))
+        path = cache / f"block_{start:06d}.safetensors"
+        y = _load_block(path, V, len(seeds), fp)
+        if y is None:
+            t0 = time.perf_counter()
+            report = (
+                None
+                if progress is None
+                else (lambda k, _, b=b: progress("samples", b * K + k, len(starts) * K))
+            )
+            y = sample_many(ex, V, seeds, report)
+            meta = {"run": fp, "seconds": f"{time.perf_counter() - t0:.3f}"}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({"samples": y.contiguous(), "weights": V.contiguous()}, str(path), meta)
+        elif progress is not None:
+            progress("samples", (b + 1) * K, len(starts) * K)
+        seconds += _block_seconds(path)
+        blocks.append(y)
+    return torch.cat(blocks, dim=1), seconds
+
+
+def _load_block(path: Path, V: torch.Tensor, n_seeds: int, fp: str) -> torch.Tensor | None:
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        if (f.metadata() or {}).get("run") != fp:
+            return None
+    t = load_file(str(path))
+    if t["weights"].shape != V.shape or not torch.equal(t["weights"], V):
+        return None
+    return t["samples"] if t["samples"].shape[1] == n_seeds else None
+
+
+def _block_seconds(path: Path) -> float:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return float((f.metadata() or {}).get("seconds", 0.0))
+
+
+# -- fidelity and convergence ------------------------------------------------------------
+
+
+def confident_share(clf: Classifier, images) -> float:
+    return float((probabilities(clf, images).max(1) >= CONFIDENT).mean())
+
+
+def fidelity(
+    clf: Classifier,
+    ys: torch.Tensor,
+    n: int,
+    real: torch.Tensor,
+    real_f: np.ndarray,
+    feats_of,
+    train_images: np.ndarray,
+    sample_seconds: float,
+) -> dict:
+    """FD (classifier features) and confident share: ensemble, each member, references."""
+    half = len(real) // 2
+    members = range(1, n + 1)  # rows 1..n of `weight_rows` are the members alone
+    return {
+        "what": FD_NAME,
+        "n_samples": int(ys.shape[1]),
+        "n_real": len(real),
+        "fd_ensemble": frechet_distance(feats_of(0), real_f),
+        "fd_members": [frechet_distance(feats_of(r), real_f) for r in members],
+        "fd_real_halves": frechet_distance(real_f[:half], real_f[half:]),
+        "fd_train_set": frechet_distance(features(clf, train_images), real_f),
+        "confident_ensemble": confident_share(clf, ys[0]),
+        "confident_members": [confident_share(clf, ys[r]) for r in members],
+        "confident_real": confident_share(clf, real),
+        "sample_seconds": round(sample_seconds, 2),
+    }
+
+
+def convergence(subs, rows: dict, ys: torch.Tensor, real_f: np.ndarray, feats_of) -> dict:
+    """Each sub-ensemble's mean L2 distance to the full ensemble (same noise) and its FD."""
+    full = ys[0].flatten(1)
+    entries = []
+    for k, draw, members in subs:
+        r = rows[members]
+        l2 = (ys[r].flatten(1) - full).norm(dim=1)
+        entries.append(
+            {
+                "k": k,
+                "draw": draw,
+                "members": list(members),
+                "l2_mean": float(l2.mean()),
+                "fd": frechet_distance(feats_of(r), real_f),
+            }
+        )
+    by_k = {}
+    for k in sorted({e["k"] for e in entries}):
+        es = [e for e in entries if e["k"] == k]
+        by_k[str(k)] = {key: float(np.mean([e[key] for e in es])) for key in ("l2_mean", "fd")}
+    return {
+        "what": f"mean L2 to the full ensemble (same noise, model space); {FD_NAME}",
+        "n_samples": int(ys.shape[1]),
+        "entries": entries,
+        "by_k": by_k,
+    }
+
+
+# -- attribution: agreement, noise floor, class agreement ---------------------------------
+
+
+def attributions_of(
+    ex: Explorer,
+    seed: int,
+    methods,
+    cache: Path,
+    fp: str,
+    progress: Callable[[float], None] | None = None,
+) -> dict:
+    """Scores of every method for one seed (+ exact phantoms, sample, seconds), cached.
+
+    `progress(fraction)` reports how much of this seed is done.
+    """
+    path = cache / f"seed_{seed:06d}.safetensors"
+    if path.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("run") == fp and set(json.loads(meta["methods"])) >= set(methods):
+            t = {k: v.numpy() for k, v in load_file(str(path)).items()}
+            return {**t, "seconds": json.loads(meta["seconds"])}
+    t, seconds = {}, {}
+    for i, m in enumerate(methods):
+
+        def report(k: int, K: int, i: int = i) -> None:
+            if progress is not None:
+                progress((i + k / max(K, 1)) / len(methods))
+
+        att = attribute(ex, seed, m, progress=report)
+        t[m], seconds[m] = att.scores, att.seconds
+        if m == "exact":
+            t["exact_null"], t["sample"] = att.null_scores, att.sample.numpy()
+    meta = {"run": fp, "methods": json.dumps(list(methods)), "seconds": json.dumps(seconds)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in t.items()}, str(path), meta)
+    return {**t, "seconds": seconds}
+
+
+def attribution_summary(
+    ex: Explorer,
+    clf: Classifier,
+    seeds: list[int],
+    methods,
+    cache: Path,
+    fp: str,
+    progress: Progress = None,
+    what: str = "attribution",
+) -> dict:
+    """Agreement with exact (if methods besides exact), noise floor and class agreement."""
+    res = []
+    for j, seed in enumerate(seeds):
+
+        def report(frac: float, j: int = j) -> None:
+            if progress is not None:
+                progress(what, j + frac, len(seeds))
+
+        res.append(attributions_of(ex, seed, methods, cache, fp, report))
+        report(1.0)
+    steps = ex.steps(None)
+    atts = [
+        Attribution(
+            "exact",
+            s,
+            steps,
+            torch.from_numpy(r["sample"]),
+            r["exact"],
+            r["exact_null"],
+            r["seconds"]["exact"],
+            True,
+        )
+        for s, r in zip(seeds, res, strict=True)
+    ]
+    labels = probabilities(clf, np.stack([r["sample"] for r in res])).argmax(1)
+    out = {
+        "seeds": seeds,
+        "N": ex.run.N,
+        "seconds": round(sum(sum(r["seconds"].values()) for r in res), 2),
+        "noise_floor": noise_floor(atts),
+        "class_agreement": class_agreement(res, labels, ex.run.labels, methods),
+        "method_seconds": {m: float(np.mean([r["seconds"][m] for r in res])) for m in methods},
+    }
+    if len(methods) > 1:
+        out["agreement"] = agreement(res, [m for m in methods if m != "exact"])
+    return out
+
+
+def agreement(res: list[dict], methods) -> dict:
+    """Per method and seed: Spearman, Pearson, top-10 overlap with the exact scores."""
+    out = {}
+    for m in methods:
+        rows = {
+            "spearman": [spearman(r[m], r["exact"]) for r in res],
+            "pearson": [pearson(r[m], r["exact"]) for r in res],
+            f"top{TOP_K}": [topk_overlap(r["exact"], r[m], TOP_K) for r in res],
+        }
+        out[m] = {**rows, **{f"{k}_median": _nanmedian(v) for k, v in rows.items()}}
+    return out
+
+
+def _nanmedian(v) -> float:
+    v = np.asarray(v, dtype=float)
+    return float(np.nanmedian(v)) if np.isfinite(v).any() else float("nan")
+
+
+def noise_floor(atts: list[Attribution]) -> dict:
+    """Real vs phantom exact scores (pooled histogram, KS test) and attributability per seed."""
+    real = np.concatenate([a.scores for a in atts])
+    null = np.concatenate([a.null_scores for a in atts])
+    per_seed = [{"seed": a.seed, **a.attributability} for a in atts]
+    out = {
+        "per_seed": per_seed,
+        "share_top1_above_p99": float(np.mean([s["top1_ratio"] > 1 for s in per_seed])),
+        "median_top1_ratio": _nanmedian([s["top1_ratio"] for s in per_seed]),
+        "real_median": float(np.median(real)),
+        "n_phantoms": len(atts[0].null_scores),
+    }
+    if len(null):
+        edges = np.histogram_bin_edges(np.concatenate([real, null]), HIST_BINS)
+        ks = ks_2samp(real, null)
+        out |= {
+            "phantom_median": float(np.median(null)),
+            "ks_statistic": float(ks.statistic),
+            "ks_pvalue": float(ks.pvalue),
+            "hist_edges": edges.tolist(),
+            "hist_real": np.histogram(real, edges)[0].tolist(),
+            "hist_phantom": np.histogram(null, edges)[0].tolist(),
+        }
+    return out
+
+
+def class_agreement(res: list[dict], labels: np.ndarray, train_labels: np.ndarray, methods) -> dict:
+    """Share of each method's top-10 with the sample's class (classifier label) vs chance."""
+    freq = np.bincount(train_labels, minlength=int(max(labels.max(), train_labels.max())) + 1)
+    chance = float(np.mean(freq[labels] / len(train_labels)))
+    share = {
+        m: float(
+            np.mean(
+                [
+                    np.mean(train_labels[np.argsort(-r[m], kind="stable")[:TOP_K]] == lab)
+                    for r, lab in zip(res, labels, strict=True)
+                ]
+            )
+        )
+        for m in methods
+    }
+    return {"top_k": TOP_K, "share": share, "chance": chance, "sample_labels": labels.tolist()}
+
+
+# -- other runs, cost --------------------------------------------------------------------
+
+
+def compare_run(
+    path, seeds: list[int], sizes: EvalSizes, cache: Path, device: str, progress: Progress
+) -> dict:
+    """The exact noise-floor and class-agreement summary of another run."""
+    ex = Explorer(path, device=device)
+    clf = classifier_for(ex, None, sizes, progress)
+    s = attribution_summary(
+        ex, clf, seeds, ("exact",), cache, fingerprint(ex), progress, what=f"compare N={ex.run.N}"
+    )
+    return by_n_entry(ex.run.summary(), s)
+
+
+def by_n_entry(run_summary: dict, s: dict) -> dict:
+    nf = s["noise_floor"]
+    return {
+        **{k: run_summary[k] for k in ("path", "N", "n", "h", "train_steps", "init")},
+        "share_top1_above_p99": nf["share_top1_above_p99"],
+        "median_top1_ratio": nf["median_top1_ratio"],
+        "ks_statistic": nf.get("ks_statistic"),
+        "class_share_exact": s["class_agreement"]["share"]["exact"],
+        "class_chance": s["class_agreement"]["chance"],
+        "exact_seconds_per_seed": s["method_seconds"]["exact"],
+        "seconds": s.get("seconds"),
+    }
+
+
+def cost(report: dict, clf: Classifier) -> dict:
+    """Seconds of each part as it was computed (resumed parts keep their first timing)."""
+    f, a = report["fidelity"], report["attribution"]
+    out = {
+        "classifier_fit": clf.info.get("fit_seconds"),
+        "samples": f["sample_seconds"],
+        "fidelity_features": f["seconds"],
+        "convergence": report["convergence"]["seconds"],
+        "attribution": a["seconds"],
+        **{f"attribution_per_seed.{m}": s for m, s in a["method_seconds"].items()},
+        **{f"compare.{e['path']}": e["seconds"] for e in report["by_n"][1:]},
+    }
+    out["total"] = round(sum(v for k, v in out.items() if v is not None and "per_seed" not in k), 2)
+    return out

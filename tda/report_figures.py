@@ -1,0 +1,295 @@
+"""Plotly figures of an evaluation report (`evaluate.py`), built from `report.json` alone.
+
+`figures(report)` gives every figure by name; `write_figures` saves each as
+`NAME.json` (`fig.to_json()`) and `NAME.html` (plotly.js once, as `plotly.min.js`
+beside them, so the pages work offline). The app's Diagnostics page draws the same
+figures from the same report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .metrics import CONFIDENT, FD_NAME
+
+ENSEMBLE, MEMBER, REFERENCE, PHANTOM = "#1f77b4", "#aab4c3", "#2ca02c", "#d62728"
+
+
+def figures(report: dict) -> dict[str, go.Figure]:
+    """Every figure the report has data for, by name."""
+    out = {}
+    if "fidelity" in report:
+        out["fidelity"] = fidelity_figure(report["fidelity"])
+        out["confidence"] = confidence_figure(report["fidelity"])
+    if "convergence" in report:
+        out["convergence"] = convergence_figure(report["convergence"])
+    a = report.get("attribution", {})
+    if "agreement" in a:
+        out["agreement"] = agreement_figure(a["agreement"])
+    if "noise_floor" in a:
+        out["noise_floor"] = noise_floor_figure(a["noise_floor"])
+        out["attributability"] = attributability_figure(a["noise_floor"])
+    if "class_agreement" in a:
+        out["class_agreement"] = class_agreement_figure(a["class_agreement"])
+    if report.get("by_n"):
+        out["by_n"] = by_n_figure(report["by_n"])
+    if report.get("cost_seconds"):
+        out["cost"] = cost_figure(report["cost_seconds"])
+    return out
+
+
+def write_figures(report: dict, out: str | Path) -> list[str]:
+    out = Path(out)
+    names = []
+    for name, fig in figures(report).items():
+        (out / f"{name}.json").write_text(fig.to_json())
+        fig.write_html(out / f"{name}.html", include_plotlyjs="directory")
+        names.append(name)
+    return names
+
+
+def _layout(fig: go.Figure, title: str, **kw) -> go.Figure:
+    fig.update_layout(
+        title=title,
+        template="plotly_white",
+        height=kw.pop("height", 380),
+        margin=dict(l=50, r=20, t=70, b=50),
+        **kw,
+    )
+    return fig
+
+
+def fidelity_figure(f: dict) -> go.Figure:
+    members = [f"member {i}" for i in range(len(f["fd_members"]))]
+    x = ["ensemble", *members, "real vs real", "training set"]
+    y = [f["fd_ensemble"], *f["fd_members"], f["fd_real_halves"], f["fd_train_set"]]
+    colors = [ENSEMBLE, *[MEMBER] * len(members), REFERENCE, REFERENCE]
+    fig = go.Figure(
+        go.Bar(x=x, y=y, marker_color=colors, hovertemplate="%{x}: FD %{y:.3g}<extra></extra>")
+    )
+    return _layout(
+        fig,
+        f"Fréchet distance to real held-out images ({f['n_samples']} samples "
+        f"each; lower is better)<br><sup>{FD_NAME}. References: two halves of "
+        "the real images, and the run's own training images.</sup>",
+        yaxis_title="FD (classifier features)",
+    )
+
+
+def confidence_figure(f: dict) -> go.Figure:
+    members = [f"member {i}" for i in range(len(f["confident_members"]))]
+    x = ["ensemble", *members, "real images"]
+    y = [f["confident_ensemble"], *f["confident_members"], f["confident_real"]]
+    colors = [ENSEMBLE, *[MEMBER] * len(members), REFERENCE]
+    fig = go.Figure(
+        go.Bar(x=x, y=y, marker_color=colors, hovertemplate="%{x}: %{y:.1%}<extra></extra>")
+    )
+    fig.update_yaxes(range=[0, 1], tickformat=".0%")
+    return _layout(
+        fig,
+        f"Share of samples the classifier labels with confidence ≥ {CONFIDENT}",
+        yaxis_title="share",
+    )
+
+
+def convergence_figure(c: dict) -> go.Figure:
+    fig = make_subplots(
+        1,
+        2,
+        subplot_titles=(
+            "mean L2 distance to the full ensemble (same noise)",
+            f"FD to real images ({FD_NAME})",
+        ),
+    )
+    ks = [int(k) for k in c["by_k"]]
+    for col, key in ((1, "l2_mean"), (2, "fd")):
+        fig.add_trace(
+            go.Scatter(
+                x=[e["k"] for e in c["entries"]],
+                y=[e[key] for e in c["entries"]],
+                mode="markers",
+                marker=dict(color=MEMBER, size=8),
+                name="one random draw",
+                showlegend=col == 1,
+                text=[f"members {e['members']}" for e in c["entries"]],
+            ),
+            1,
+            col,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=ks,
+                y=[c["by_k"][str(k)][key] for k in ks],
+                mode="lines+markers",
+                line=dict(color=ENSEMBLE),
+                name="mean over draws",
+                showlegend=col == 1,
+            ),
+            1,
+            col,
+        )
+        fig.update_xaxes(title_text="members in the sub-ensemble k", tickvals=ks, row=1, col=col)
+    return _layout(fig, f"Convergence: sub-ensembles of k members ({c['n_samples']} samples each)")
+
+
+def agreement_figure(a: dict) -> go.Figure:
+    top = next(k for k in next(iter(a.values())) if k.startswith("top") and "_" not in k)
+    fig = make_subplots(
+        1, 3, subplot_titles=("Spearman vs exact", "Pearson vs exact", f"{top} overlap with exact")
+    )
+    for col, key in ((1, "spearman"), (2, "pearson"), (3, top)):
+        for m, v in a.items():
+            fig.add_trace(
+                go.Box(
+                    y=v[key],
+                    name=m,
+                    boxpoints="all",
+                    jitter=0.3,
+                    marker_color=ENSEMBLE,
+                    showlegend=False,
+                ),
+                1,
+                col,
+            )
+    fig.update_yaxes(range=[-1.05, 1.05], row=1, col=1)
+    fig.update_yaxes(range=[-1.05, 1.05], row=1, col=2)
+    fig.update_yaxes(range=[-0.05, 1.05], row=1, col=3)
+    n = len(next(iter(a.values()))["spearman"])
+    return _layout(
+        fig, f"Agreement of each method with exact influence scores ({n} seeds)", height=420
+    )
+
+
+def noise_floor_figure(nf: dict) -> go.Figure:
+    fig = go.Figure()
+    if "hist_edges" in nf:
+        e = np.asarray(nf["hist_edges"])
+        mid, width = (e[1:] + e[:-1]) / 2, np.diff(e)
+        for name, key, color in (
+            ("real images", "hist_real", ENSEMBLE),
+            ("phantom codes (no image)", "hist_phantom", PHANTOM),
+        ):
+            h = np.asarray(nf[key], dtype=float)
+            fig.add_trace(
+                go.Bar(
+                    x=mid,
+                    y=h / max(h.sum(), 1),
+                    width=width,
+                    name=name,
+                    marker_color=color,
+                    opacity=0.55,
+                )
+            )
+        sub = (
+            f"KS statistic {nf['ks_statistic']:.3f} (p = {nf['ks_pvalue']:.2g}); medians "
+            f"{nf['real_median']:.3f} real vs {nf['phantom_median']:.3f} phantom"
+        )
+    else:
+        sub = "no phantom codes left for this run: no noise floor"
+    fig.update_layout(barmode="overlay")
+    return _layout(
+        fig,
+        f"Exact influence scores, real images vs phantoms (pooled over seeds)<br><sup>{sub}</sup>",
+        xaxis_title="score ‖y(u₋ₓ) − y(u₀)‖",
+        yaxis_title="share",
+    )
+
+
+def attributability_figure(nf: dict) -> go.Figure:
+    s = nf["per_seed"]
+    fig = go.Figure(
+        go.Bar(
+            x=[str(p["seed"]) for p in s],
+            y=[p["top1_ratio"] for p in s],
+            marker_color=[ENSEMBLE if (p["top1_ratio"] or 0) > 1 else MEMBER for p in s],
+            customdata=[[p["n_above"], p["expected_above"]] for p in s],
+            hovertemplate="seed %{x}: top-1 / p99 = %{y:.2f}<br>%{customdata[0]}"
+            " images above p99 (chance %{customdata[1]:.1f})"
+            "<extra></extra>",
+        )
+    )
+    fig.add_hline(y=1, line_dash="dash", line_color=PHANTOM, annotation_text="phantom p99")
+    share = nf["share_top1_above_p99"]
+    return _layout(
+        fig,
+        f"Attributability per seed: top-1 exact score / phantom p99 "
+        f"(above on {share:.0%} of seeds)",
+        xaxis_title="seed",
+        yaxis_title="top-1 / phantom p99",
+    )
+
+
+def class_agreement_figure(c: dict) -> go.Figure:
+    methods = list(c["share"])
+    fig = go.Figure(
+        go.Bar(
+            x=methods,
+            y=[c["share"][m] for m in methods],
+            marker_color=ENSEMBLE,
+            hovertemplate="%{x}: %{y:.1%}<extra></extra>",
+        )
+    )
+    fig.add_hline(
+        y=c["chance"],
+        line_dash="dash",
+        line_color=PHANTOM,
+        annotation_text=f"chance {c['chance']:.1%}",
+    )
+    fig.update_yaxes(range=[0, 1], tickformat=".0%")
+    return _layout(
+        fig,
+        f"Top-{c['top_k']} training images of the sample's class (classifier label) vs chance",
+        yaxis_title="share of the top-k",
+    )
+
+
+def by_n_figure(rows: list[dict]) -> go.Figure:
+    fig = make_subplots(
+        1,
+        2,
+        subplot_titles=("share of seeds with top-1 > phantom p99", "median top-1 / phantom p99"),
+    )
+    text = [
+        f"{Path(r['path']).name}: n={r['n']}, {r['train_steps']} steps, {r['init']}" for r in rows
+    ]
+    for col, key in ((1, "share_top1_above_p99"), (2, "median_top1_ratio")):
+        fig.add_trace(
+            go.Scatter(
+                x=[r["N"] for r in rows],
+                y=[r[key] for r in rows],
+                text=text,
+                mode="markers+text",
+                textposition="top center",
+                marker=dict(size=12, color=ENSEMBLE),
+                showlegend=False,
+            ),
+            1,
+            col,
+        )
+        fig.update_xaxes(title_text="training images N", type="log", row=1, col=col)
+    fig.add_hline(y=1, line_dash="dash", line_color=PHANTOM, row=1, col=2)
+    return _layout(fig, "Attributability vs training-set size")
+
+
+def cost_figure(cost: dict) -> go.Figure:
+    items = [(k, v) for k, v in cost.items() if k != "total" and v is not None]
+    fig = go.Figure(
+        go.Bar(
+            y=[k for k, _ in items],
+            x=[v for _, v in items],
+            orientation="h",
+            marker_color=ENSEMBLE,
+            hovertemplate="%{y}: %{x:.1f} s<extra></extra>",
+        )
+    )
+    fig.update_yaxes(autorange="reversed")
+    return _layout(
+        fig,
+        f"Cost of each part (seconds; total {cost.get('total', 0):.0f} s)",
+        xaxis_title="seconds",
+        height=max(300, 28 * len(items) + 120),
+    )
