@@ -1,4 +1,4 @@
-"""Command line: python -m tda {train,info,sample,counterfactual,attribute} ...
+"""Command line: python -m tda {train,info,sample,counterfactual,attribute,evaluate} ...
 
 Every command reads a run directory and writes safetensors. Errors a user can cause
 print one line (`error: ...`) and exit with status 2.
@@ -92,6 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="phantom codes for the noise floor (default: N, at most 512)")
     at.add_argument("--out", required=True, type=Path)
     at.set_defaults(func=cmd_attribute)
+
+    ev = sub.add_parser("evaluate", help="evaluation report: FD in a classifier's features, "
+                        "convergence, agreement with exact, noise floor (resumable)")
+    _run_arg(ev)
+    ev.add_argument("--out", type=Path, default=None, help="report folder (default: RUN/report)")
+    ev.add_argument("--samples", type=int, default=512, help="samples per weight vector")
+    ev.add_argument("--seeds", type=int, default=16, help="seeds scored by every method")
+    ev.add_argument("--draws", type=int, default=3, help="random draws per sub-ensemble size")
+    ev.add_argument("--sizes", default="1,2,4,8,12", help="sub-ensemble sizes (n is added)")
+    ev.add_argument("--compare-runs", default="", help="other run folders, comma separated")
+    ev.add_argument("--classifier-steps", type=int, default=1500,
+                    help="training steps of the run's classifier if it has none yet")
+    ev.set_defaults(func=cmd_evaluate)
     return p
 
 
@@ -205,4 +218,38 @@ def cmd_attribute(a: argparse.Namespace) -> int:
     print(f"{a.out}: {att.method} over N={ex.run.N} in {att.seconds:.1f} s; top-1 row "
           f"{att.order[0]} (p={att.pvalues[att.order[0]]:.3g}); top-1 / phantom p99 = "
           f"{s['top1_ratio']:.2f}; {s['n_above']} images above p99 (chance {s['expected_above']:.1f})")
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .evaluate import REPORT, EvalSizes, evaluate
+
+    sizes = EvalSizes(a.samples, a.seeds, a.draws, tuple(_int_list(a.sizes, "--sizes")),
+                      a.classifier_steps)
+    out = a.out or a.run / "report"
+    bars: dict[str, tqdm] = {}
+
+    def progress(what: str, done: float, total: int) -> None:
+        if what not in bars:
+            bars[what] = tqdm(total=total, desc=what, dynamic_ncols=True,
+                              bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
+        bars[what].total, bars[what].n = total, done
+        bars[what].refresh()
+        if done >= total:
+            bars[what].close()
+
+    t0 = time.time()
+    try:
+        report = evaluate(a.run, out, sizes, [p for p in a.compare_runs.split(",") if p],
+                          device=a.device, progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    f, nf = report["fidelity"], report["attribution"]["noise_floor"]
+    print(f"{out / REPORT}: {time.time() - t0:.0f} s; FD in a classifier's features (not "
+          f"Inception FID): ensemble {f['fd_ensemble']:.3g}, members median "
+          f"{np.median(f['fd_members']):.3g}; top-1 above phantom p99 on "
+          f"{nf['share_top1_above_p99']:.0%} of {len(report['attribution']['seeds'])} seeds")
     return 0
