@@ -15,6 +15,7 @@ PAGES = [
     st.Page("pages/attribution.py", title="Attribution", icon=":material/leaderboard:"),
     st.Page("pages/ablation.py", title="Ablation lab", icon=":material/toggle_on:"),
     st.Page("pages/training_set.py", title="Training set", icon=":material/photo_library:"),
+    st.Page("pages/diagnostics.py", title="Diagnostics", icon=":material/analytics:"),
 ]
 
 st.navigation(PAGES).run()

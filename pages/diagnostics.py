@@ -1,0 +1,214 @@
+"""Diagnostics: sample quality, convergence, agreement with exact scores and the noise floor.
+
+Everything comes from the run's evaluation report (RUN/report/report.json, written by
+`python -m tda evaluate`); a small version can be recomputed live.
+"""
+
+import json
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from tda import TdaError
+from tda.evaluate import REPORT, EvalSizes, evaluate
+from tda.metrics import CLASSIFIER_DIR, CONFIDENT, FD_NAME
+from tda.report_figures import figures
+from ui import state
+
+REPORT_DIR = "report"
+LIVE = EvalSizes(samples=32, seeds=1, draws=1, sizes=(1, 2, 4), classifier_steps=300)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def load_report(path: str, mtime_ns: int) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def run_live(explorer, run_path: Path, samples: int, seeds: int) -> dict:
+    """A small report in a temporary folder (the run's own report is not touched)."""
+    tmp = Path(tempfile.mkdtemp(prefix="tda-diagnostics-"))
+    own = run_path / CLASSIFIER_DIR
+    bar = st.progress(0.0, text="Starting ...")
+
+    def progress(what: str, done: float, total: int) -> None:
+        bar.progress(min(1.0, done / max(total, 1)), text=f"{what}: {done:.0f}/{total}")
+
+    sizes = replace(LIVE, samples=samples, seeds=seeds)
+    report = evaluate(
+        explorer,
+        tmp / REPORT_DIR,
+        sizes,
+        classifier_dir=own if own.is_dir() else tmp / CLASSIFIER_DIR,
+        progress=progress,
+    )
+    bar.empty()
+    return report
+
+
+ctx = state.sidebar()
+run = ctx.run
+report_path = Path(run.path) / REPORT_DIR / REPORT
+live_key = f"diagnostics_live_{ctx.key}"
+
+st.title("Diagnostics")
+st.caption(
+    "Does the ensemble sample like the real data, do its members agree, do the fast "
+    f"approximations rank training images like the exact counterfactuals, and do exact "
+    f"scores rise above the phantom noise floor? Distances are **{FD_NAME}**: a small "
+    "CNN trained on real images outside this run's training set supplies the features, "
+    "so numbers compare within this report only."
+)
+
+saved = None
+if report_path.is_file():
+    try:
+        saved = load_report(str(report_path), report_path.stat().st_mtime_ns)
+    except (json.JSONDecodeError, OSError) as e:
+        st.error(f"Cannot read {report_path}: {e}. Recompute it with the command below.")
+
+command = f"python -m tda evaluate --run {run.path}"
+with st.expander("Recompute a small version live", expanded=saved is None):
+    st.caption(
+        "Tiny sizes, in a temporary folder: the run's saved report is not touched. Fits a "
+        "quick classifier first if the run has none. The full report comes from "
+        f"`{command}` (resumable; see `--help` for its sizes)."
+    )
+    c1, c2, c3 = st.columns([1, 1, 2], vertical_alignment="bottom")
+    samples = c1.number_input("Samples per weight vector", 8, 256, LIVE.samples, key="diag_n")
+    seeds = c2.number_input("Seeds scored exactly", 1, 8, LIVE.seeds, key="diag_seeds")
+    if c3.button("Recompute small version", type="primary", icon=":material/refresh:"):
+        try:
+            st.session_state[live_key] = run_live(
+                ctx.explorer, Path(run.path), int(samples), int(seeds)
+            )
+        except TdaError as e:
+            st.error(f"Cannot evaluate this run: {e}")
+
+live = st.session_state.get(live_key)
+if saved is None and live is None:
+    st.info(
+        f"**No evaluation report for this run yet** (looked for `{report_path}`). "
+        f"Produce it with\n\n```\n{command}\n```\n\nor recompute a small version above.",
+        icon=":material/analytics:",
+    )
+    st.stop()
+if saved is not None and live is not None:
+    shown = st.segmented_control(
+        "Show",
+        ["saved report", "live small version"],
+        default="live small version",
+        key="diag_which",
+    )
+    report = live if shown == "live small version" else saved
+else:
+    report = saved if saved is not None else live
+if report is live:
+    s = report["sizes"]
+    st.caption(
+        f"Live small version: {s['samples']} samples, {s['seeds']} seed(s), "
+        f"{s['draws']} draw(s) — rough numbers."
+    )
+else:
+    st.caption(f"Saved report: `{report_path}`")
+if not report.get("complete"):
+    st.warning(
+        "This report is incomplete (the evaluation was interrupted). Re-run the same "
+        "command to finish it; finished parts are kept.",
+        icon=":material/warning:",
+    )
+
+figs = figures(report)
+
+
+def chart(name: str) -> None:
+    if name in figs:
+        st.plotly_chart(figs[name], key=f"fig_{name}")
+
+
+def fmt(x, spec: str = ".3g") -> str:
+    return "n/a" if x is None or (isinstance(x, float) and not np.isfinite(x)) else format(x, spec)
+
+
+# -- headline numbers ---------------------------------------------------------------------
+f = report.get("fidelity", {})
+a = report.get("attribution", {})
+nf = a.get("noise_floor", {})
+m = st.columns(5)
+m[0].metric(
+    "Classifier accuracy",
+    fmt(report.get("classifier", {}).get("accuracy"), ".1%"),
+    help=report.get("classifier", {}).get("what"),
+)
+m[1].metric("FD ensemble", fmt(f.get("fd_ensemble")), help=f"{FD_NAME}; lower is closer to real.")
+m[2].metric(
+    "FD members (median)",
+    fmt(float(np.median(f["fd_members"])) if f.get("fd_members") else None),
+    help=f"{FD_NAME}; each member sampled alone.",
+)
+m[3].metric(f"Samples with confidence ≥ {CONFIDENT}", fmt(f.get("confident_ensemble"), ".0%"))
+m[4].metric(
+    "Seeds with top-1 > phantom p99",
+    fmt(nf.get("share_top1_above_p99"), ".0%"),
+    help="Exact scores: the best training image beats the 99th percentile of phantom codes.",
+)
+
+# -- sections -----------------------------------------------------------------------------
+st.subheader("Sample quality")
+st.caption(
+    f"{FD_NAME}. References: the real images split in two halves (the floor at this "
+    "sample size) and the run's own training images."
+)
+left, right = st.columns([3, 2])
+with left:
+    chart("fidelity")
+with right:
+    chart("confidence")
+
+st.subheader("Convergence")
+st.caption(
+    "Sub-ensembles of k random members, same recorded noise: how far their samples lie "
+    "from the full ensemble's, and their FD. A flattening curve means more members "
+    "would change little."
+)
+chart("convergence")
+
+st.subheader("Approximations vs exact influence")
+chart("agreement")
+if "agreement" in a:
+    st.dataframe(
+        {
+            "method": list(a["agreement"]),
+            "Spearman (median)": [v["spearman_median"] for v in a["agreement"].values()],
+            "Pearson (median)": [v["pearson_median"] for v in a["agreement"].values()],
+            "top-10 overlap (median)": [v["top10_median"] for v in a["agreement"].values()],
+            "seconds per seed": [a["method_seconds"].get(k) for k in a["agreement"]],
+        },
+        hide_index=True,
+    )
+
+st.subheader("Noise floor")
+st.caption(
+    "Phantom codes switch to another subset of members without removing any image: "
+    "their scores are pure member noise. Real scores that look like them cannot be "
+    "told apart from noise."
+)
+left, right = st.columns(2)
+with left:
+    chart("noise_floor")
+with right:
+    chart("attributability")
+chart("class_agreement")
+
+st.subheader("Attributability vs training-set size")
+chart("by_n")
+if len(report.get("by_n", [])) < 2:
+    st.caption(
+        "Only this run so far. Add others with `--compare-runs DIR1,DIR2` to see how "
+        "attributability changes with N."
+    )
+
+st.subheader("Cost")
+chart("cost")
