@@ -79,7 +79,9 @@ with st.expander("Recompute a small version live", expanded=saved is None):
     c1, c2, c3 = st.columns([1, 1, 2], vertical_alignment="bottom")
     samples = c1.number_input("Samples per weight vector", 8, 256, LIVE.samples, key="diag_n")
     seeds = c2.number_input("Seeds scored exactly", 1, 8, LIVE.seeds, key="diag_seeds")
-    if c3.button("Recompute small version", type="primary", icon=":material/refresh:"):
+    if c3.button(
+        "Recompute small version", type="primary", icon=":material/refresh:", key="diag_recompute"
+    ):
         try:
             st.session_state[live_key] = run_live(
                 ctx.explorer, Path(run.path), int(samples), int(seeds)

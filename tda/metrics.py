@@ -122,13 +122,13 @@ def fit_classifier(
     out = Path(out)
     if out.exists() and not overwrite:
         raise TdaError(f"{out} exists; load it with load_classifier or pass overwrite=True")
-    _, labels = load_images(data, held_out=True)
     try:
-        cfg = ClassifierConfig(data.image_size, data.channels, int(labels.max()) + 1, **settings)
+        cfg = ClassifierConfig(data.image_size, data.channels, 0, **settings)
     except TypeError as e:
         raise TdaError(f"unknown classifier setting: {e}") from e
     t0 = time.perf_counter()
     xt, yt, xv, yv = heldout_split(data, cfg)
+    cfg.n_classes = int(max(yt.max(), yv.max())) + 1
     torch.manual_seed(cfg.seed)
     model = SmallCNN(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
