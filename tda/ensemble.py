@@ -218,7 +218,7 @@ def _load_member(run_dir: Path, i: int, config: RunConfig, device) -> UNet2DMode
     try:
         model = UNet2DModel.from_pretrained(folder, use_safetensors=True, torch_dtype=torch.float32,
                                             low_cpu_mem_usage=False)
-    except (OSError, ValueError, EnvironmentError) as e:
+    except (OSError, ValueError) as e:
         raise TdaError(f"run {run_dir}: member {folder.relative_to(run_dir)} cannot be loaded: {e}") from e
     S, C = config.data.image_size, config.data.channels
     if model.config.sample_size != S or model.config.in_channels != C:

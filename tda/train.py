@@ -21,7 +21,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from safetensors.torch import load_file, save_file

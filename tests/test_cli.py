@@ -29,8 +29,9 @@ def test_info_prints_the_run_summary(tiny_run_dir, capsys):
 def test_sample_writes_the_documented_tensors(tiny_run_dir, tiny_explorer, tmp_path, steps):
     out = tmp_path / "sample.safetensors"
     extra = [] if steps is None else ["--steps", str(steps)]
-    assert main(["sample", "--run", str(tiny_run_dir), "--seed", "9", *extra,
-                 "--out", str(out)]) == 0
+    assert (
+        main(["sample", "--run", str(tiny_run_dir), "--seed", "9", *extra, "--out", str(out)]) == 0
+    )
     t = load_file(str(out))
     K = steps or 10
     assert set(t) == {"sample", "x_T", "noise", "timesteps"}
@@ -48,8 +49,8 @@ def test_sample_writes_the_documented_tensors(tiny_run_dir, tiny_explorer, tmp_p
 
 def test_counterfactual_excluding_members(tiny_run_dir, tiny_explorer, tmp_path):
     out = tmp_path / "cf.safetensors"
-    assert main(["counterfactual", "--run", str(tiny_run_dir), "--seed", "2",
-                 "--exclude-members", "0,3", "--out", str(out)]) == 0
+    run = ["--run", str(tiny_run_dir), "--out", str(out)]
+    assert main(["counterfactual", *run, "--seed", "2", "--exclude-members", "0,3"]) == 0
     t = load_file(str(out))
     assert set(t) == {"sample", "counterfactual", "weights", "excluded_train"}
     assert t["sample"].shape == t["counterfactual"].shape == (1, 8, 8)
@@ -66,8 +67,8 @@ def test_counterfactual_removing_a_training_image(tiny_run_dir, tiny_explorer, t
     codes = tiny_explorer.run.codes
     for rows in ([5], [5, 9]):
         out = tmp_path / f"rm{len(rows)}.safetensors"
-        assert main(["counterfactual", "--run", str(tiny_run_dir), "--remove-train",
-                     ",".join(map(str, rows)), "--out", str(out)]) == 0
+        remove = ["--remove-train", ",".join(map(str, rows))]
+        assert main(["counterfactual", "--run", str(tiny_run_dir), *remove, "--out", str(out)]) == 0
         t = load_file(str(out))
         assert torch.equal(t["weights"], without_rows(codes, rows))
         saw = codes[rows].any(0)
@@ -81,8 +82,8 @@ def test_counterfactual_removing_a_training_image(tiny_run_dir, tiny_explorer, t
 
 def test_counterfactual_can_write_into_a_new_folder(tiny_run_dir, tmp_path):
     out = tmp_path / "new" / "deeper" / "cf.safetensors"
-    assert main(["counterfactual", "--run", str(tiny_run_dir), "--remove-train", "1",
-                 "--out", str(out)]) == 0
+    run = ["--run", str(tiny_run_dir), "--out", str(out)]
+    assert main(["counterfactual", *run, "--remove-train", "1"]) == 0
     assert out.is_file()
 
 
@@ -90,13 +91,19 @@ BAD = [
     (["info", "--run", "{missing}"], "does not exist"),
     (["sample", "--run", "{missing}", "--out", "{out}"], "does not exist"),
     (["counterfactual", "--run", "{run}", "--exclude-members", "6", "--out", "{out}"], "0..5"),
-    (["counterfactual", "--run", "{run}", "--exclude-members", "1,x", "--out", "{out}"],
-     "comma-separated"),
-    (["counterfactual", "--run", "{run}", "--exclude-members", "0,1,2,3,4,5", "--out", "{out}"],
-     "at least one"),
+    (
+        ["counterfactual", "--run", "{run}", "--exclude-members", "1,x", "--out", "{out}"],
+        "comma-separated",
+    ),
+    (
+        ["counterfactual", "--run", "{run}", "--exclude-members", "0,1,2,3,4,5", "--out", "{out}"],
+        "at least one",
+    ),
     (["counterfactual", "--run", "{run}", "--remove-train", "16", "--out", "{out}"], "0..15"),
-    (["counterfactual", "--run", "{run}", "--remove-train", "a;b", "--out", "{out}"],
-     "comma-separated"),
+    (
+        ["counterfactual", "--run", "{run}", "--remove-train", "a;b", "--out", "{out}"],
+        "comma-separated",
+    ),
     (["sample", "--run", "{run}", "--seed", "-1", "--out", "{out}"], "seed"),
     (["sample", "--run", "{run}", "--steps", "0", "--out", "{out}"], "steps"),
     (["sample", "--run", "{run}", "--steps", "1001", "--out", "{out}"], "steps"),
@@ -118,10 +125,15 @@ def test_user_errors_are_one_line_with_status_2(tiny_run_dir, tmp_path, capsys, 
 
 def test_errors_from_a_real_process_have_no_traceback(tiny_run_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    args = ["--run", str(tiny_run_dir), "--exclude-members", "7", "--out", str(tmp_path / "x")]
     p = subprocess.run(
-        [sys.executable, "-m", "tda", "counterfactual", "--run", str(tiny_run_dir),
-         "--exclude-members", "7", "--out", str(tmp_path / "x.safetensors")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        [sys.executable, "-m", "tda", "counterfactual", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == [p.stderr.strip()]
     assert p.stderr.startswith("error: ") and "Traceback" not in p.stderr

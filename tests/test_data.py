@@ -123,8 +123,9 @@ def test_missing_fashion_mnist_says_how_to_install(tmp_path, monkeypatch):
 
 
 def _write_idx(path: Path, a: np.ndarray) -> None:
-    header = struct.pack(">BBBB", 0, 0, 0x08, a.ndim) + b"".join(struct.pack(">I", d)
-                                                               for d in a.shape)
+    header = struct.pack(">BBBB", 0, 0, 0x08, a.ndim) + b"".join(
+        struct.pack(">I", d) for d in a.shape
+    )
     with gzip.open(path, "wb") as f:
         f.write(header + a.astype(np.uint8).tobytes())
 

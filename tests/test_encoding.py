@@ -78,8 +78,11 @@ def _all_codes(n: int, h: int) -> np.ndarray:
 
 
 def _unseen_brute_force(codes: np.ndarray, w: np.ndarray) -> list[int]:
-    return [m for m in range(len(codes))
-            if all(codes[m, i] == 0 for i in range(codes.shape[1]) if w[i] != 0)]
+    return [
+        m
+        for m in range(len(codes))
+        if all(codes[m, i] == 0 for i in range(codes.shape[1]) if w[i] != 0)
+    ]
 
 
 def test_unseen_rows_match_brute_force():
@@ -101,8 +104,9 @@ def test_removing_an_image_uses_exactly_the_members_whose_bit_is_zero():
         assert torch.equal(w != 0, torch.as_tensor(codes[x] == 0))
         torch.testing.assert_close(w[w != 0], torch.full((3,), 1 / 3))
         assert x in unseen_rows(codes, w)
-    torch.testing.assert_close(without_codes(codes),
-                               torch.stack([without_rows(codes, [x]) for x in range(16)]))
+    torch.testing.assert_close(
+        without_codes(codes), torch.stack([without_rows(codes, [x]) for x in range(16)])
+    )
 
 
 def test_removing_several_images_uses_members_that_saw_none_of_them():

@@ -8,10 +8,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from safetensors.torch import load_file
 
-from conftest import tiny_config
 from tda import TdaError
 from tda.data import load_images
 from tda.encoding import make_codes
@@ -78,8 +78,10 @@ def _pipeline_noise(gen_seed: int, shape, timesteps) -> RecordedNoise:
     """The noise DDPMPipeline draws: x_T, then one z per step with t > 0, one generator."""
     g = torch.Generator().manual_seed(gen_seed)
     x_T = torch.randn((1, *shape), generator=g)[0]
-    z = [torch.randn((1, *shape), generator=g)[0] if t > 0 else torch.zeros(shape)
-         for t in timesteps.tolist()]
+    z = [
+        torch.randn((1, *shape), generator=g)[0] if t > 0 else torch.zeros(shape)
+        for t in timesteps.tolist()
+    ]
     return RecordedNoise(x_T, torch.stack(z), timesteps.clone(), gen_seed)
 
 
@@ -96,8 +98,12 @@ def test_members_run_in_plain_diffusers_pipeline(tiny_run_dir):
         pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler.from_config(scheduler.config))
         pipe.set_progress_bar_config(disable=True)
         seed = 100 + i
-        images = pipe(batch_size=1, num_inference_steps=steps, output_type="pt",
-                      generator=torch.Generator().manual_seed(seed)).images
+        images = pipe(
+            batch_size=1,
+            num_inference_steps=steps,
+            output_type="pt",
+            generator=torch.Generator().manual_seed(seed),
+        ).images
         assert images.shape == (1, 1, 8, 8) and torch.isfinite(images).all()
         assert 0 <= images.min() and images.max() <= 1 and images.std() > 0
         noise = _pipeline_noise(seed, run.image_shape, chain.timesteps)
@@ -133,8 +139,10 @@ def test_tampered_codes_are_refused(tiny_run_copy):
     _refused(tiny_run_copy, CODES, "sha256")
 
 
-@pytest.mark.parametrize("rel", [f"members/04/{WEIGHTS}", "members/01/config.json", CODES,
-                                 "scheduler/scheduler_config.json"])
+@pytest.mark.parametrize(
+    "rel",
+    [f"members/04/{WEIGHTS}", "members/01/config.json", CODES, "scheduler/scheduler_config.json"],
+)
 def test_missing_file_is_refused(tiny_run_copy, rel):
     (tiny_run_copy / rel).unlink()
     _refused(tiny_run_copy, rel, "missing")
@@ -145,8 +153,16 @@ def test_missing_member_folder_is_refused(tiny_run_copy):
     _refused(tiny_run_copy, "members/03/", "missing")
 
 
-@pytest.mark.parametrize("text", ['{"format_version": 1, "files": {', "[1, 2]",
-                                  '{"format_version": 1}', '{"format_version": 99}', ""])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"format_version": 1, "files": {',
+        "[1, 2]",
+        '{"format_version": 1}',
+        '{"format_version": 99}',
+        "",
+    ],
+)
 def test_corrupt_manifest_is_refused(tiny_run_copy, text):
     (tiny_run_copy / MANIFEST).write_text(text)
     _refused(tiny_run_copy, MANIFEST)
@@ -172,4 +188,3 @@ def test_tampered_file_loads_only_without_verification(tiny_run_copy):
     (tiny_run_copy / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(TdaError, match=CODES):
         load_run(tiny_run_copy, verify=False)
-

@@ -79,13 +79,15 @@ def _weight_batch(run) -> torch.Tensor:
     n = run.n
     rng = np.random.default_rng(0)
     mixed = torch.as_tensor(rng.dirichlet(np.ones(n)), dtype=torch.float32)
-    return torch.stack([
-        u0(n),
-        torch.eye(n)[2],
-        members_on([True, False, True, False, True, False]),
-        without_rows(run.codes, [5]),
-        mixed,
-    ])
+    return torch.stack(
+        [
+            u0(n),
+            torch.eye(n)[2],
+            members_on([True, False, True, False, True, False]),
+            without_rows(run.codes, [5]),
+            mixed,
+        ]
+    )
 
 
 def test_batched_chains_equal_chains_one_at_a_time(tiny_explorer):
@@ -133,13 +135,15 @@ class _Counting(torch.nn.Module):
 def test_each_member_runs_only_on_chains_where_its_weight_is_nonzero(tiny_explorer):
     ex = tiny_explorer
     n = ex.n
-    V = torch.stack([
-        torch.eye(n)[1],
-        members_on([1, 0, 1, 0, 1, 0]),
-        members_on([0, 1, 1, 1, 1, 0]),
-        members_on([1, 1, 0, 0, 0, 0]),
-        members_on([0, 0, 0, 1, 0, 0]),
-    ])
+    V = torch.stack(
+        [
+            torch.eye(n)[1],
+            members_on([1, 0, 1, 0, 1, 0]),
+            members_on([0, 1, 1, 1, 1, 0]),
+            members_on([1, 1, 0, 0, 0, 0]),
+            members_on([0, 0, 0, 1, 0, 0]),
+        ]
+    )
     assert (V[:, 5] == 0).all()
     wrapped = [_Counting(m) for m in ex.run.members]
     noise, chain = ex.noise(4), ex.chain()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config
 from safetensors.torch import load_file
 
-from conftest import tiny_config
 from tda import TdaError
 from tda.config import DataConfig, EnsembleConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
 from tda.ensemble import MANIFEST, load_run, member_dir
@@ -58,8 +58,9 @@ def test_finished_members_are_never_retrained(tiny_run_dir, tiny_run_copy, monke
 
     shutil.rmtree(member_dir(tiny_run_copy, 3))
     (tiny_run_copy / MANIFEST).unlink()
-    before = {i: os.stat(member_dir(tiny_run_copy, i) / WEIGHTS).st_mtime_ns
-              for i in range(6) if i != 3}
+    before = {
+        i: os.stat(member_dir(tiny_run_copy, i) / WEIGHTS).st_mtime_ns for i in range(6) if i != 3
+    }
     trained = []
     real = tda.train.train_member
 
@@ -137,13 +138,19 @@ def test_cli_training_stopped_and_resumed_matches_uninterrupted(tmp_path):
     from tda.cli import main
 
     out = tmp_path / "cli"
-    args = ["train", "--dataset", "digits", "--n", "16", "--members", "6", "--weight", "3",
-            "--image-size", "8", "--steps", "20", "--batch-size", "16",
-            "--channels-per-block", "8,16", "--sample-steps", "10", "--workers", "1",
-            "--out", str(out)]
+    args = (
+        "train --dataset digits --n 16 --members 6 --weight 3 --image-size 8 --steps 20 "
+        "--batch-size 16 --channels-per-block 8,16 --sample-steps 10 --workers 1"
+    ).split() + ["--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    first = subprocess.run([sys.executable, "-m", "tda", *args, "--stop-after", "7"], cwd=ROOT,
-                           env=env, capture_output=True, text=True, timeout=300)
+    first = subprocess.run(
+        [sys.executable, "-m", "tda", *args, "--stop-after", "7"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert first.returncode == 0, first.stderr
     assert "paused" in first.stdout
     assert not (out / MANIFEST).exists() and (out / STARTED).exists()
