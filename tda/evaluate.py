@@ -60,7 +60,6 @@ CACHE_DIR = "cache"
 BLOCK = 32  # seeds per saved block of samples
 TOP_K = 10
 HIST_BINS = 40
-APPROXIMATIONS = tuple(m for m in METHODS if m != "exact")
 
 Progress = Callable[[str, float, int], None] | None  # (what, done, total)
 
@@ -113,29 +112,27 @@ def evaluate(
 
     subs = subensembles(ex.n, sizes.sizes, sizes.draws)
     V, rows = weight_rows(ex.n, subs)
-    ys, sample_s = ensure_samples(ex, V, sizes.samples, out / CACHE_DIR / "samples", fp, progress)
-    feats: dict[int, np.ndarray] = {}
+    memo: dict = {}
+
+    def samples() -> tuple[torch.Tensor, float]:  # only when a part needs them
+        if "ys" not in memo:
+            cache = out / CACHE_DIR / "samples"
+            memo["ys"] = ensure_samples(ex, V, sizes.samples, cache, fp, progress)
+        return memo["ys"]
 
     def feats_of(row: int) -> np.ndarray:
-        if row not in feats:
-            feats[row] = features(clf, ys[row])
-        return feats[row]
+        if row not in memo:
+            memo[row] = features(clf, samples()[0][row])
+        return memo[row]
 
-    n = {"samples": sizes.samples}
-    part(
-        "fidelity",
-        n,
-        lambda: fidelity(clf, ys, ex.n, real, real_f, feats_of, ex.run.images, sample_s),
-    )
-    part(
-        "convergence",
-        {**n, "sizes": list(sizes.sizes), "draws": sizes.draws},
-        lambda: convergence(subs, rows, ys, real_f, feats_of),
-    )
+    n = {"samples": sizes.samples, "sizes": list(sizes.sizes), "draws": sizes.draws}
+    part("fidelity", n, lambda: fidelity(clf, *samples(), ex.n, real, real_f, feats_of,
+                                         ex.run.images))  # fmt: skip
+    part("convergence", n, lambda: convergence(subs, rows, samples()[0], real_f, feats_of))
     seeds = list(range(sizes.seeds))
     summary = part(
         "attribution",
-        {"seeds": seeds},
+        {"seeds": seeds, "methods": list(METHODS)},
         lambda: attribution_summary(
             ex, clf, seeds, METHODS, out / CACHE_DIR / "attributions", fp, progress
         ),
@@ -149,7 +146,7 @@ def evaluate(
                 name,
                 {"seeds": seeds, "path": str(Path(path).resolve())},
                 lambda path=path, name=name: compare_run(
-                    path, seeds, sizes, out / CACHE_DIR / name, device, progress
+                    path, seeds, sizes, out / CACHE_DIR / name, str(ex.device), progress
                 ),
             )
         )
@@ -218,9 +215,11 @@ def classifier_for(ex: Explorer, folder, sizes: EvalSizes, progress: Progress) -
     folder = Path(folder) if folder is not None else Path(ex.run.path) / CLASSIFIER_DIR
     data = ex.run.config.data
     if folder.exists():
-        return load_classifier(folder, data)
+        return load_classifier(folder, data, device=ex.device)
     report = None if progress is None else (lambda d, t: progress("classifier", d, t))
-    return fit_classifier(data, folder, steps=sizes.classifier_steps, progress=report)
+    return fit_classifier(
+        data, folder, device=ex.device, steps=sizes.classifier_steps, progress=report
+    )
 
 
 # -- samples ---------------------------------------------------------------------------
@@ -327,12 +326,12 @@ def confident_share(clf: Classifier, images) -> float:
 def fidelity(
     clf: Classifier,
     ys: torch.Tensor,
+    sample_seconds: float,
     n: int,
     real: torch.Tensor,
     real_f: np.ndarray,
     feats_of,
     train_images: np.ndarray,
-    sample_seconds: float,
 ) -> dict:
     """FD (classifier features) and confident share: ensemble, each member, references."""
     half = len(real) // 2

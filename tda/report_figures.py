@@ -57,7 +57,8 @@ def _layout(fig: go.Figure, title: str, **kw) -> go.Figure:
         title=title,
         template="plotly_white",
         height=kw.pop("height", 380),
-        margin=dict(l=50, r=20, t=70, b=50),
+        margin=dict(l=50, r=20, t=100, b=50),
+        legend=dict(x=1, xanchor="right", y=1, yanchor="top", bgcolor="rgba(255,255,255,0.7)"),
         **kw,
     )
     return fig
@@ -73,9 +74,8 @@ def fidelity_figure(f: dict) -> go.Figure:
     )
     return _layout(
         fig,
-        f"Fréchet distance to real held-out images ({f['n_samples']} samples "
-        f"each; lower is better)<br><sup>{FD_NAME}. References: two halves of "
-        "the real images, and the run's own training images.</sup>",
+        f"FD to real held-out images ({f['n_samples']} samples each)<br><sup>{FD_NAME}; "
+        "lower is closer<br>references: real vs real (two halves), the training set</sup>",
         yaxis_title="FD (classifier features)",
     )
 
@@ -91,7 +91,8 @@ def confidence_figure(f: dict) -> go.Figure:
     fig.update_yaxes(range=[0, 1], tickformat=".0%")
     return _layout(
         fig,
-        f"Share of samples the classifier labels with confidence ≥ {CONFIDENT}",
+        f"Classifier confidence ≥ {CONFIDENT}<br><sup>share of samples (or real images) "
+        "labelled that confidently</sup>",
         yaxis_title="share",
     )
 
@@ -102,7 +103,7 @@ def convergence_figure(c: dict) -> go.Figure:
         2,
         subplot_titles=(
             "mean L2 distance to the full ensemble (same noise)",
-            f"FD to real images ({FD_NAME})",
+            "FD to real images (classifier features)",
         ),
     )
     ks = [int(k) for k in c["by_k"]]
@@ -133,7 +134,12 @@ def convergence_figure(c: dict) -> go.Figure:
             col,
         )
         fig.update_xaxes(title_text="members in the sub-ensemble k", tickvals=ks, row=1, col=col)
-    return _layout(fig, f"Convergence: sub-ensembles of k members ({c['n_samples']} samples each)")
+    return _layout(
+        fig,
+        f"Convergence: sub-ensembles of k members ({c['n_samples']} samples each)"
+        f"<br><sup>{FD_NAME}</sup>",
+        height=420,
+    )
 
 
 def agreement_figure(a: dict) -> go.Figure:
@@ -193,7 +199,7 @@ def noise_floor_figure(nf: dict) -> go.Figure:
     fig.update_layout(barmode="overlay")
     return _layout(
         fig,
-        f"Exact influence scores, real images vs phantoms (pooled over seeds)<br><sup>{sub}</sup>",
+        f"Exact scores: real images vs phantoms<br><sup>pooled over seeds<br>{sub}</sup>",
         xaxis_title="score ‖y(u₋ₓ) − y(u₀)‖",
         yaxis_title="share",
     )
@@ -216,8 +222,8 @@ def attributability_figure(nf: dict) -> go.Figure:
     share = nf["share_top1_above_p99"]
     return _layout(
         fig,
-        f"Attributability per seed: top-1 exact score / phantom p99 "
-        f"(above on {share:.0%} of seeds)",
+        f"Top-1 exact score / phantom p99, per seed<br><sup>above the noise floor on "
+        f"{share:.0%} of seeds</sup>",
         xaxis_title="seed",
         yaxis_title="top-1 / phantom p99",
     )
@@ -242,7 +248,8 @@ def class_agreement_figure(c: dict) -> go.Figure:
     fig.update_yaxes(range=[0, 1], tickformat=".0%")
     return _layout(
         fig,
-        f"Top-{c['top_k']} training images of the sample's class (classifier label) vs chance",
+        f"Top-{c['top_k']} training images of the sample's class, per method<br><sup>the "
+        "sample's class is the classifier's label; dashed: chance (class frequencies)</sup>",
         yaxis_title="share of the top-k",
     )
 
@@ -272,6 +279,7 @@ def by_n_figure(rows: list[dict]) -> go.Figure:
         )
         fig.update_xaxes(title_text="training images N", type="log", row=1, col=col)
     fig.add_hline(y=1, line_dash="dash", line_color=PHANTOM, row=1, col=2)
+    fig.update_yaxes(range=[-0.05, 1.05], tickformat=".0%", row=1, col=1)
     return _layout(fig, "Attributability vs training-set size")
 
 

@@ -171,6 +171,17 @@ def test_evaluate_writes_a_complete_resumable_report(evaluated, capsys):
     assert {p: p.stat().st_mtime_ns for p in parts} == parts
     again = json.loads((run / "report" / REPORT).read_text())
     assert again["attribution"] == saved["attribution"] and again["fidelity"] == saved["fidelity"]
+    # an interrupted evaluation: one seed's attributions and the summary are missing
+    cache = run / "report" / "cache" / "attributions"
+    (cache / "seed_000001.safetensors").unlink()
+    (run / "report" / "parts" / "attribution.json").unlink()
+    evaluate(run, run / "report", SIZES, compare_runs=[other])
+    assert (cache / "seed_000000.safetensors").stat().st_mtime_ns == parts[
+        cache / "seed_000000.safetensors"
+    ]
+    assert (cache / "seed_000001.safetensors").is_file()
+    final = json.loads((run / "report" / REPORT).read_text())
+    assert final["attribution"]["agreement"] == saved["attribution"]["agreement"]
 
 
 def open_diagnostics(runs: Path, tmp_path, monkeypatch) -> AppTest:
