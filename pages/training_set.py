@@ -20,20 +20,19 @@ index = state.training_index(ctx.key)
 size, channels = run.image_shape[1], run.image_shape[0]
 
 
-def neighbours(query: np.ndarray, skip: int | None = None) -> None:
-    """Gallery of the training images nearest to one query image [C, H, W]."""
+def neighbours(query: np.ndarray, skip: int | None = None, caption: str | None = None) -> None:
+    """The training images nearest to one query image [C, H, W], the query first if captioned."""
     d, rows = search(index, query[None], NEIGHBOURS + (skip is not None))
     pairs = [
         (int(j), float(np.sqrt(max(x, 0.0))))
         for x, j in zip(d[0], rows[0], strict=True)
         if j != skip
     ][:NEIGHBOURS]
-    render.gallery(
-        run.images[[j for j, _ in pairs]],
-        [f"#{j} · label {int(run.labels[j])} · L2 {dist:.2f}" for j, dist in pairs],
-        cols=NEIGHBOURS,
-        size=96,
-    )
+    images = [run.images[j] for j, _ in pairs]
+    captions = [f"#{j} · {int(run.labels[j])} · L2 {dist:.2f}" for j, dist in pairs]
+    if caption is not None:
+        images, captions = [query, *images], [caption, *captions]
+    render.gallery(images, captions, cols=NEIGHBOURS + 1, size=96)
 
 
 st.title("Training set")
@@ -85,6 +84,7 @@ with right:
             "Attribution page to see this image's influence here."
         )
     st.markdown("**Nearest training images**")
+    st.caption("#index · label · L2 distance, pixels in [0, 1].")
     neighbours(run.images[j], skip=j)
 
 # -- search ------------------------------------------------------------------------------
@@ -94,10 +94,7 @@ st.markdown(
     "distance ≈ 0 from a training image."
 )
 y, _ = state.ensemble_sample(ctx.key, ctx.seed)
-s1, s2 = st.columns([1, 7])
-render.show(y, f"seed {ctx.seed}", 96, s1)
-with s2:
-    neighbours(y)
+neighbours(y, caption=f"seed {ctx.seed} (query)")
 
 st.markdown("**With an image of your own**")
 upload = st.file_uploader(
@@ -123,7 +120,4 @@ if upload is not None:
                 "Upload a .png, .jpg or .jpeg file."
             )
     if query is not None:
-        u1, u2 = st.columns([1, 7])
-        render.show(query, "your image, converted", 96, u1)
-        with u2:
-            neighbours(query)
+        neighbours(query, caption="your image, converted")

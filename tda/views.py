@@ -180,9 +180,14 @@ def counterfactual_diagram(code: np.ndarray, row: int) -> go.Figure:
 
 def score_histogram(real: np.ndarray, phantom: np.ndarray, method: str) -> go.Figure:
     """Overlaid histograms of real scores and phantom (noise-floor) scores."""
+    both = np.concatenate([np.asarray(real, float), np.asarray(phantom, float)])
+    lo, hi = float(both.min()), float(both.max())
+    nbins = int(np.clip(np.sqrt(len(both)), 8, 40))
+    bins = dict(start=lo, end=hi + 1e-9, size=max(hi - lo, 1e-9) / nbins)  # shared by both
     fig = go.Figure()
     fig.add_histogram(
         x=np.asarray(real),
+        xbins=bins,
         name=f"training images ({len(real)})",
         marker_color=REAL_COLOR,
         opacity=0.65,
@@ -191,6 +196,7 @@ def score_histogram(real: np.ndarray, phantom: np.ndarray, method: str) -> go.Fi
     if len(phantom):
         fig.add_histogram(
             x=np.asarray(phantom),
+            xbins=bins,
             name=f"phantom codes ({len(phantom)})",
             marker_color=PHANTOM_COLOR,
             opacity=0.65,

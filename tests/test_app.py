@@ -93,7 +93,7 @@ def test_generate_shows_sample_trajectory_members_and_follows_the_seed(app_env, 
     caps = captions(at)
     assert caps[0] == "full ensemble, 10 steps"
     assert caps[1].startswith("after step 10/10")
-    assert caps[2:] == [f"member {i} · saw {seen[i]} images" for i in range(6)]
+    assert caps[2:] == [f"member {i} · saw {seen[i]}" for i in range(6)]
     assert {"Ensemble sample", "Trajectory", "All 6 members alone"} <= set(metrics(at))
     assert all(v.endswith(" s") for v in metrics(at).values())
     assert at.subheader[0].value == "Sample of seed 0"
@@ -235,7 +235,7 @@ def test_training_set_browse_pick_and_search(app_env, tiny_explorer):
     assert all(" · L2 " in c for c in neigh)
 
     # the current sample's neighbours (memorisation check): 6 more after the sample itself
-    s = captions(at).index("seed 0")
+    s = captions(at).index("seed 0 (query)")
     assert all(" · L2 " in c for c in captions(at)[s + 1 : s + 7])
 
     # an image of the training set, uploaded, finds itself at distance 0
@@ -245,7 +245,7 @@ def test_training_set_browse_pick_and_search(app_env, tiny_explorer):
     at.run()
     assert not at.error
     u = captions(at).index("your image, converted")
-    assert captions(at)[u + 1] == f"#12 · label {int(run.labels[12])} · L2 0.00"
+    assert captions(at)[u + 1] == f"#12 · {int(run.labels[12])} · L2 0.00"
 
     at.file_uploader(key="upload").set_value(("notes.png", b"not an image at all", "image/png"))
     at.run()

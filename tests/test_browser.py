@@ -45,7 +45,7 @@ PAGES = {
     "ablation": (
         "Ablation lab",
         ['[data-testid="stCheckbox"]', '[data-testid="stImage"] img'],
-        ["Members on", "member 5", "Remove training image"],
+        ["Members on", "member 5", "Remove image #0"],
     ),
     "training_set": (
         "Training set",
@@ -155,14 +155,17 @@ def test_page_renders(server, page, path):
     page.goto(f"{server}/{path}")
     wait_until_done(page)
     page.get_by_role("heading", name=title).first.wait_for()
+    main = page.locator('[data-testid="stMain"]')
     for sel in selectors:
-        page.locator(sel).first.wait_for(state="visible")
-    body = page.locator('[data-testid="stMain"]').inner_text()
-    for text in texts:
-        assert text in body, f"{text!r} missing on /{path}"
+        main.locator(sel).first.wait_for(state="visible")
+    for text in texts:  # waits: under load a run may start late or rerun
+        main.get_by_text(text).first.wait_for(state="visible")
+    wait_until_done(page)
     assert not page.locator('[data-testid="stException"]').count()
-    for img in page.locator('[data-testid="stImage"] img').all():  # every image has loaded
-        assert img.evaluate("i => i.complete && i.naturalWidth > 0")
+    page.wait_for_function(  # every image has loaded and decoded
+        "() => [...document.querySelectorAll('[data-testid=stImage] img')]"
+        ".every(i => i.complete && i.naturalWidth > 0)"
+    )
     screenshot(page, f"{path or 'home'}.png")
 
 
