@@ -42,7 +42,7 @@ if base is None:
     base = state.attribution(key, seed, method)
 
 m = min(64, run.N)
-vflag = ("verified", key, seed, method)
+vflag = f"verified|{key}|{seed}|{method}"
 att = base
 if not base.exact:
     if not st.session_state.get(vflag) and st.button(

@@ -135,8 +135,7 @@ def test_attribution_methods_verification_and_comparison(app_env):
     assert all(s.endswith("(approximate)") for s in markdown(at) if s.startswith("score **"))
     badges = [s for s in markdown(at) if "-badge[" in s]
     assert all(
-        b.startswith((":gray-badge[within noise (p=", ":green-badge[above noise floor"))
-        for b in badges
+        b.startswith(":gray-badge[within noise (p=") or "above noise floor (p=" in b for b in badges
     )
     assert len(at.get("plotly_chart")) == 1  # histogram; no exact scores yet for a scatter
 
@@ -261,3 +260,41 @@ def test_training_set_shows_influence_once_attributed(app_env):
     text = " ".join(markdown(at))
     assert "Influence on the sample of seed 0 (jacobian): score **" in text
     assert "rank " in text and "of 16" in text
+
+
+def _with_null(monkeypatch, scale: float, count: int) -> None:
+    """Make attribute() score `count` phantoms at `scale` x the largest real score."""
+    import dataclasses
+
+    import tda.attribution as attribution
+
+    real = attribution.attribute
+
+    def fake(explorer, seed, method="jacobian", **kw):
+        att = real(explorer, seed, method, **kw)
+        null = np.linspace(0.5, 1.0, count).astype(np.float32) * scale * att.scores.max()
+        return dataclasses.replace(att, null_scores=null, pvalues=None)
+
+    monkeypatch.setattr(attribution, "attribute", fake)
+
+
+def test_attribution_warns_when_the_top_k_is_member_noise(app_env, monkeypatch):
+    _with_null(monkeypatch, scale=10.0, count=200)
+    at = open_app("attribution")
+    at.number_input(key="seed").set_value(11).run()  # a seed no other test attributes
+    _check_attribution_page(at)
+    assert float(metrics(at)["Top-1 / phantom p99"]) < 1
+    assert "indistinguishable from member noise" in at.warning[0].value
+    badges = [s for s in markdown(at) if "-badge[" in s]
+    assert all(b.startswith(":gray-badge[within noise (p=1.00)") for b in badges)
+
+
+def test_attribution_marks_images_above_the_noise_floor(app_env, monkeypatch):
+    _with_null(monkeypatch, scale=0.01, count=200)
+    at = open_app("attribution")
+    at.number_input(key="seed").set_value(12).run()
+    _check_attribution_page(at)
+    assert not at.warning and "above the noise floor" in at.success[0].value
+    assert metrics(at)["Above phantom p99"] == "16"
+    badges = [s for s in markdown(at) if "-badge[" in s]
+    assert all(b.startswith(":green-badge[") and "above noise floor (p=0.005)" in b for b in badges)
