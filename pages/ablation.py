@@ -25,10 +25,16 @@ st.caption(
 
 b1, b2, b3, b4, b5 = st.columns([2, 2, 3, 2, 3], vertical_alignment="bottom")
 b1.button("All on", on_click=_set_mask, args=(np.ones(n, bool),), width="stretch")
-only = b2.selectbox("Member", range(n), key="only_member")
+only = b2.selectbox(
+    "Member", range(n), key="only_member", on_change=state.keep("only_member", 0, (0, n - 1))
+)
 b3.button(f"Only member {only}", on_click=_set_mask, args=(np.arange(n) == only,), width="stretch")
 row = b4.number_input(
-    "Training image #", 0, run.N - 1, key="remove_row", on_change=state.keep("remove_row", 0)
+    "Training image #",
+    0,
+    run.N - 1,
+    key="remove_row",
+    on_change=state.keep("remove_row", 0, (0, run.N - 1)),
 )
 b5.button(
     f"Remove image #{row}",

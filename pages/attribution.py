@@ -25,7 +25,8 @@ key, seed = ctx.key, ctx.seed
 st.title("Attribution")
 c1, c2, c3 = st.columns([2, 2, 4])
 method = c1.selectbox("Method", METHODS, key="method", on_change=state.keep("method", "jacobian"))
-k = c2.slider("Top k", 1, min(24, run.N), key="topk", on_change=state.keep("topk", min(8, run.N)))
+kmax = min(24, run.N)
+k = c2.slider("Top k", 1, kmax, key="topk", on_change=state.keep("topk", 8, (1, kmax)))
 c3.caption(HELP.get(method, ""))
 
 base = state.cached_attribution(key, seed, method)

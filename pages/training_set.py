@@ -44,7 +44,7 @@ f1, f2, f3 = st.columns([2, 1, 3])
 label = f1.selectbox("Label", ["all", *labels], key="browse_label")
 rows = np.arange(run.N) if label == "all" else np.flatnonzero(run.labels == label)
 pages = max(1, -(-len(rows) // PAGE_SIZE))
-page = f2.number_input(f"Page (of {pages})", 1, pages, 1, key="browse_page")
+page = f2.number_input(f"Page (of {pages})", 1, pages, 1, key=f"browse_page_{label}")
 shown = rows[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
 which = "" if label == "all" else f" with label {label}"
 f3.caption(f"{len(rows)} images{which}; page {page} shows {len(shown)}.")
@@ -54,7 +54,11 @@ render.gallery(run.images[shown], [f"#{j} · {int(run.labels[j])}" for j in show
 st.subheader("One training image")
 left, right = st.columns([1, 3])
 j = left.number_input(
-    "Training image #", 0, run.N - 1, key="picked", on_change=state.keep("picked", 0)
+    "Training image #",
+    0,
+    run.N - 1,
+    key="picked",
+    on_change=state.keep("picked", 0, (0, run.N - 1)),
 )
 render.show(run.images[j], f"#{j} · label {int(run.labels[j])}", 192, left)
 with right:

@@ -84,15 +84,18 @@ def run_key(path: str) -> str:
     return f"{path}@{(Path(path) / MANIFEST).stat().st_mtime_ns}"
 
 
-def keep(key: str, default):
+def keep(key: str, default, bounds: tuple[int, int] | None = None):
     """Let the widget with `key` keep its value across pages; pass the result as on_change.
 
     Streamlit forgets a widget's value on pages that do not show it; the value is
-    mirrored in `_kept_<key>` and restored before the widget is created.
+    mirrored in `_kept_<key>` and restored before the widget is created. `bounds`
+    (lo, hi) clamps a kept number, e.g. a row index after switching to a smaller run.
     """
     store = f"_kept_{key}"
     if store not in st.session_state:
         st.session_state[store] = default
+    if bounds is not None:
+        st.session_state[store] = min(max(st.session_state[store], bounds[0]), bounds[1])
     st.session_state[key] = st.session_state[store]
     return lambda: st.session_state.__setitem__(store, st.session_state[key])
 
