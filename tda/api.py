@@ -51,8 +51,9 @@ class Counterfactual:
 class Explorer:
     """A run plus its chains and recorded noise; every method is y(V, eps) underneath."""
 
-    def __init__(self, run: Run | str | Path, device: str | torch.device = "cpu",
-                 chunk: int = DEFAULT_CHUNK):
+    def __init__(
+        self, run: Run | str | Path, device: str | torch.device = "cpu", chunk: int = DEFAULT_CHUNK
+    ):
         self.run = run if isinstance(run, Run) else load_run(run, device=device)
         self.device = torch.device(device)
         self.chunk = chunk
@@ -74,11 +75,24 @@ class Explorer:
             raise TdaError(f"seed must be between 0 and {MAX_SEED}")
         return record_noise(self.run.image_shape, self.chain(steps), seed)
 
-    def y(self, weights: torch.Tensor, seed: int, steps: int | None = None,
-          progress: Callable[[int, int], None] | None = None, **kw) -> torch.Tensor:
+    def y(
+        self,
+        weights: torch.Tensor,
+        seed: int,
+        steps: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        **kw,
+    ) -> torch.Tensor:
         """y(V, eps) for the recorded noise of `seed`: samples [B, C, H, W]."""
-        return sample_chains(self.run.members, weights, self.noise(seed, steps), self.chain(steps),
-                             chunk=self.chunk, progress=progress, **kw)
+        return sample_chains(
+            self.run.members,
+            weights,
+            self.noise(seed, steps),
+            self.chain(steps),
+            chunk=self.chunk,
+            progress=progress,
+            **kw,
+        )
 
     def sample(self, seed: int, steps: int | None = None) -> Sample:
         """The full ensemble's sample (cached per seed and step count)."""
@@ -97,9 +111,12 @@ class Explorer:
         """Each member alone (v = e_i) with the same noise: [n, C, H, W]."""
         return self.y(torch.eye(self.n), seed, steps)
 
-    def weights_for(self, exclude_members: Sequence[int] | None = None,
-                    remove_rows: Sequence[int] | None = None,
-                    active: Sequence[bool] | None = None) -> torch.Tensor:
+    def weights_for(
+        self,
+        exclude_members: Sequence[int] | None = None,
+        remove_rows: Sequence[int] | None = None,
+        active: Sequence[bool] | None = None,
+    ) -> torch.Tensor:
         """Weight vector of one ablation: members off, training rows removed, or a mask."""
         given = [x is not None for x in (exclude_members, remove_rows, active)]
         if sum(given) != 1:

@@ -26,7 +26,7 @@ import torch
 from . import TdaError
 from .api import Explorer
 from .encoding import phantom_codes, u0, without_codes
-from .index import as_vectors, build_index, search
+from .index import build_index, search
 
 METHODS = ("exact", "jacobian", "last-step", "individual", "individual-paper", "nearest")
 MAX_PHANTOMS = 512
@@ -66,13 +66,20 @@ class Attribution:
     def attributability(self) -> dict:
         """Top-1 score / phantom p99, images above p99 vs. the number chance predicts."""
         if len(self.null_scores) == 0:
-            return {"top1_ratio": float("nan"), "p99": float("nan"), "n_above": 0,
-                    "expected_above": float("nan")}
+            return {
+                "top1_ratio": float("nan"),
+                "p99": float("nan"),
+                "n_above": 0,
+                "expected_above": float("nan"),
+            }
         p99 = float(np.quantile(self.null_scores, 0.99))
         top1 = float(self.scores[self.order[0]])
-        return {"top1_ratio": top1 / p99 if p99 > 0 else float("inf"), "p99": p99,
-                "n_above": int((self.scores > p99).sum()),
-                "expected_above": 0.01 * len(self.scores)}
+        return {
+            "top1_ratio": top1 / p99 if p99 > 0 else float("inf"),
+            "p99": p99,
+            "n_above": int((self.scores > p99).sum()),
+            "expected_above": 0.01 * len(self.scores),
+        }
 
 
 def empirical_pvalues(scores: np.ndarray, null: np.ndarray) -> np.ndarray:
@@ -84,8 +91,14 @@ def empirical_pvalues(scores: np.ndarray, null: np.ndarray) -> np.ndarray:
     return ((1 + ge) / (1 + len(s))).astype(np.float32)
 
 
-def attribute(explorer: Explorer, seed: int, method: str = "jacobian", steps: int | None = None,
-              n_phantoms: int | None = None, progress: Progress = None) -> Attribution:
+def attribute(
+    explorer: Explorer,
+    seed: int,
+    method: str = "jacobian",
+    steps: int | None = None,
+    n_phantoms: int | None = None,
+    progress: Progress = None,
+) -> Attribution:
     """Score every training image of the run for the sample of `seed`."""
     if method not in METHODS:
         raise TdaError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -97,19 +110,34 @@ def attribute(explorer: Explorer, seed: int, method: str = "jacobian", steps: in
     if method == "nearest":
         scores, null, state, exact = _nearest(explorer, sample), np.zeros(0, np.float32), {}, False
     else:
-        fn = {"exact": _exact, "jacobian": _jacobian, "last-step": _last_step,
-              "individual": _individual, "individual-paper": _individual}[method]
+        fn = {
+            "exact": _exact,
+            "jacobian": _jacobian,
+            "last-step": _last_step,
+            "individual": _individual,
+            "individual-paper": _individual,
+        }[method]
         res, state = fn(explorer, seed, steps, np.concatenate([codes, ph]), method, progress)
         norms = res.flatten(1).norm(dim=1).numpy().astype(np.float32)
-        scores, null, exact = norms[: len(codes)], norms[len(codes):], method == "exact"
+        scores, null, exact = norms[: len(codes)], norms[len(codes) :], method == "exact"
         if exact:
             state = {"residuals": res[: len(codes)]}
-    return Attribution(method, int(seed), explorer.steps(steps), sample, scores, null,
-                       time.perf_counter() - t0, exact, state=state)
+    return Attribution(
+        method,
+        int(seed),
+        explorer.steps(steps),
+        sample,
+        scores,
+        null,
+        time.perf_counter() - t0,
+        exact,
+        state=state,
+    )
 
 
-def exact_counterfactuals(explorer: Explorer, seed: int, steps: int | None, codes: np.ndarray,
-                          progress: Progress = None) -> torch.Tensor:
+def exact_counterfactuals(
+    explorer: Explorer, seed: int, steps: int | None, codes: np.ndarray, progress: Progress = None
+) -> torch.Tensor:
     """y(u_-c, eps) for every code c (rows of `codes`), in batched sweeps: [M, C, H, W]."""
     W = without_codes(codes)
     out = []
@@ -130,8 +158,13 @@ def _exact(explorer, seed, steps, codes, method, progress):
     return exact_counterfactuals(explorer, seed, steps, codes, progress) - y0, {}
 
 
-def jacobian(explorer: Explorer, seed: int, steps: int | None = None, eps: float = FD_STEP,
-             progress: Progress = None) -> torch.Tensor:
+def jacobian(
+    explorer: Explorer,
+    seed: int,
+    steps: int | None = None,
+    eps: float = FD_STEP,
+    progress: Progress = None,
+) -> torch.Tensor:
     """J = dy/dv at u0 by central differences: [C*H*W, n]."""
     n = explorer.n
     base = u0(n)
@@ -168,7 +201,7 @@ def _individual(explorer, seed, steps, codes, method, progress):
 @torch.no_grad()
 def _last_step(explorer, seed, steps, codes, method, progress):
     """Full ensemble until x_1, then each member's eps once, mixed per code in the last step."""
-    noise, chain = explorer.noise(seed, steps), explorer.chain(steps)
+    chain = explorer.chain(steps)
     _, traj = explorer.y(u0(explorer.n), seed, steps, trajectory=True, progress=progress)
     x_prev = traj[-2]  # [1, C, H, W], before the final step
     t = chain.timesteps[-1]
@@ -195,8 +228,9 @@ def _nearest(explorer: Explorer, sample: torch.Tensor) -> np.ndarray:
     return scores
 
 
-def counterfactuals_for(explorer: Explorer, att: Attribution, rows, exact: bool = False
-                        ) -> torch.Tensor:
+def counterfactuals_for(
+    explorer: Explorer, att: Attribution, rows, exact: bool = False
+) -> torch.Tensor:
     """Counterfactual samples [k, C, H, W] of training rows: exact chains, or the method's."""
     rows = np.atleast_1d(np.asarray(rows, dtype=np.int64))
     codes = explorer.run.codes[rows]
@@ -213,8 +247,13 @@ def counterfactuals_for(explorer: Explorer, att: Attribution, rows, exact: bool 
     return y0 + _linear(_coefficients(codes, att.method), att.state["basis"], y0.shape)
 
 
-def verify_topk(explorer: Explorer, att: Attribution, m: int = 64, n_phantoms: int = 128,
-                progress: Progress = None) -> Attribution:
+def verify_topk(
+    explorer: Explorer,
+    att: Attribution,
+    m: int = 64,
+    n_phantoms: int = 128,
+    progress: Progress = None,
+) -> Attribution:
     """Re-score the top m rows of an approximate attribution with exact chains.
 
     The verified rows move to the front in exact order and get exact scores and
@@ -227,8 +266,9 @@ def verify_topk(explorer: Explorer, att: Attribution, m: int = 64, n_phantoms: i
     top = att.order[:m]
     codes = explorer.run.codes
     ph = phantom_codes(codes, n_phantoms, seed=1)
-    cf = exact_counterfactuals(explorer, att.seed, att.steps, np.concatenate([codes[top], ph]),
-                               progress)
+    cf = exact_counterfactuals(
+        explorer, att.seed, att.steps, np.concatenate([codes[top], ph]), progress
+    )
     norms = (cf - att.sample).flatten(1).norm(dim=1).numpy().astype(np.float32)
     exact_top, exact_null = norms[:m], norms[m:]
     scores = att.scores.copy()
@@ -237,6 +277,14 @@ def verify_topk(explorer: Explorer, att: Attribution, m: int = 64, n_phantoms: i
     pvalues[top] = empirical_pvalues(exact_top, exact_null)
     order = np.concatenate([top[np.argsort(-exact_top, kind="stable")], att.order[m:]])
     state = dict(att.state, verified_cf=cf[:m])
-    return replace(att, method=f"{att.method}+verify", scores=scores, null_scores=exact_null,
-                   pvalues=pvalues, order=order, verified_rows=top.copy(), state=state,
-                   seconds=att.seconds + time.perf_counter() - t0)
+    return replace(
+        att,
+        method=f"{att.method}+verify",
+        scores=scores,
+        null_scores=exact_null,
+        pvalues=pvalues,
+        order=order,
+        verified_rows=top.copy(),
+        state=state,
+        seconds=att.seconds + time.perf_counter() - t0,
+    )

@@ -105,5 +105,6 @@ def without_rows(codes: np.ndarray, rows: np.ndarray | list[int]) -> torch.Tenso
 
 def unseen_rows(codes: np.ndarray, weights: torch.Tensor | np.ndarray) -> np.ndarray:
     """Training rows that no member with non-zero weight saw, in code order."""
-    active = np.asarray(weights) != 0
+    w = weights.detach().cpu().numpy() if isinstance(weights, torch.Tensor) else np.asarray(weights)
+    active = w != 0
     return np.flatnonzero(~(codes[:, active].astype(bool).any(1)))

@@ -108,8 +108,8 @@ def write_manifest(run_dir: Path, config: RunConfig, extra: dict | None = None) 
     files = {
         p.relative_to(run_dir).as_posix(): sha256(p)
         for p in sorted(run_dir.rglob("*"))
-        if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
-        and "checkpoints" not in p.parts
+        if p.is_file() and p.name != MANIFEST and not p.name.endswith(".tmp")
+        and not any(part.startswith(".") or part == "checkpoints" for part in p.relative_to(run_dir).parts)
     }
     codes = load_file(str(run_dir / CODES))["codes"]
     manifest = {

@@ -79,7 +79,7 @@ def make_chain(scheduler: DDPMScheduler, num_steps: int) -> Chain:
         out["sb"].append(b_t ** (0.5))
         out["c0"].append((a_prev ** (0.5) * cur_beta) / b_t)
         out["ct"].append(cur_alpha ** (0.5) * b_prev / b_t)
-        out["std"].append(variance ** 0.5)
+        out["std"].append(variance**0.5)
     clip = float(cfg.clip_sample_range) if cfg.clip_sample else None
     return Chain(ts, out["sa"], out["sb"], out["c0"], out["ct"], out["std"], clip)
 

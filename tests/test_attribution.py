@@ -28,8 +28,9 @@ SEED = 5
 def linear_explorer(tiny_run_dir) -> Explorer:
     """The tiny run with clip_sample off: with one step (from t=999), y is affine in v."""
     run = load_run(tiny_run_dir)
-    run.scheduler = DDPMScheduler.from_config(run.scheduler.config, clip_sample=False,
-                                              timestep_spacing="trailing")
+    run.scheduler = DDPMScheduler.from_config(
+        run.scheduler.config, clip_sample=False, timestep_spacing="trailing"
+    )
     return Explorer(run)
 
 
@@ -46,8 +47,12 @@ def test_one_step_linear_chain_makes_approximations_exact(linear_explorer, metho
     np.testing.assert_allclose(approx.scores, exact.scores, rtol=2e-3, atol=1e-5)
     np.testing.assert_allclose(approx.null_scores, exact.null_scores, rtol=2e-3, atol=1e-5)
     rows = np.arange(ex.run.N)
-    torch.testing.assert_close(counterfactuals_for(ex, approx, rows),
-                               counterfactuals_for(ex, exact, rows), rtol=2e-3, atol=1e-4)
+    torch.testing.assert_close(
+        counterfactuals_for(ex, approx, rows),
+        counterfactuals_for(ex, exact, rows),
+        rtol=2e-3,
+        atol=1e-4,
+    )
 
 
 def _chain_of_v(ex: Explorer, seed: int):
@@ -85,9 +90,12 @@ def test_sweep_scores_equal_one_at_a_time_counterfactuals(tiny_explorer, exact_a
     for row in range(ex.run.N):
         cf = ex.counterfactual(SEED, remove_rows=[row])
         assert exact_att.scores[row] == pytest.approx(cf.score, rel=1e-5, abs=1e-6)
-        torch.testing.assert_close(counterfactuals_for(ex, exact_att, [row])[0], cf.counterfactual,
-                                   rtol=1e-5, atol=1e-6)
-    assert exact_att.exact and list(exact_att.order) == list(np.argsort(-exact_att.scores, kind="stable"))
+        torch.testing.assert_close(
+            counterfactuals_for(ex, exact_att, [row])[0], cf.counterfactual, rtol=1e-5, atol=1e-6
+        )
+    assert exact_att.exact and list(exact_att.order) == list(
+        np.argsort(-exact_att.scores, kind="stable")
+    )
 
 
 def test_verified_topk_returns_exact_counterfactuals(tiny_explorer, exact_att):
@@ -101,8 +109,9 @@ def test_verified_topk_returns_exact_counterfactuals(tiny_explorer, exact_att):
     assert list(v.order[:m]) == sorted(top, key=lambda r: -exact_att.scores[r])
     cf = counterfactuals_for(ex, v, v.order[:3], exact=True)
     for k, row in enumerate(v.order[:3]):
-        torch.testing.assert_close(cf[k], ex.counterfactual(SEED, remove_rows=[row]).counterfactual,
-                                   rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            cf[k], ex.counterfactual(SEED, remove_rows=[row]).counterfactual, rtol=1e-5, atol=1e-6
+        )
 
 
 def test_noise_floor_uses_unused_codes_and_gives_pvalues(tiny_explorer, exact_att):
@@ -137,8 +146,23 @@ def test_unknown_method_is_refused(tiny_explorer):
 
 def test_cli_attribute_writes_documented_tensors(tiny_run_dir, tmp_path, capsys):
     out = tmp_path / "a.safetensors"
-    rc = main(["attribute", "--run", str(tiny_run_dir), "--seed", str(SEED), "--method",
-               "jacobian", "--top-k", "3", "--verify", "6", "--out", str(out)])
+    rc = main(
+        [
+            "attribute",
+            "--run",
+            str(tiny_run_dir),
+            "--seed",
+            str(SEED),
+            "--method",
+            "jacobian",
+            "--top-k",
+            "3",
+            "--verify",
+            "6",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     t = load_file(str(out))
     N = 16

@@ -1,0 +1,244 @@
+"""Attribution benchmark: speed and agreement of every method on one run.
+
+    python benchmarks/attribution.py --run DIR [--seeds 8] [--floor-runs A,B] [--json OUT]
+
+Prints medians and ratios (these machines are noisy; compare ratios from one run):
+raw member throughput per chunk size; exact-sweep chain throughput / the raw limit;
+seconds per method and the exact / jacobian ratio; growth with N (subsets of codes);
+the naive sweep (one counterfactual sampling per image, as the paper's scripts do)
+on a subset vs our batched sweep; Spearman, Pearson and top-10 overlap of each method
+with exact, per seed and median; how often the verified top-10 (M = --verify) equals
+the exact top-10; real vs phantom scores for each run in --floor-runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import pearsonr, spearmanr
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tda.api import Explorer  # noqa: E402
+from tda.attribution import attribute, exact_counterfactuals, verify_topk  # noqa: E402
+from tda.encoding import without_codes  # noqa: E402
+
+APPROX = ("jacobian", "last-step", "individual", "individual-paper", "nearest")
+
+
+def med(xs) -> float:
+    return float(statistics.median(xs))
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+@torch.inference_mode()
+def raw_throughput(ex: Explorer, chunks=(16, 32, 64, 128, 256), repeats=5) -> dict[int, float]:
+    """Member evaluations per second of one member's batched forward, per chunk size."""
+    m = ex.run.members[0]
+    t = ex.chain().timesteps[len(ex.chain().timesteps) // 2]
+    out = {}
+    for c in chunks:
+        x = torch.randn(c, *ex.run.image_shape)
+        m(x, t)
+        times = [timed(lambda x=x: m(x, t))[1] for _ in range(repeats)]
+        out[c] = c / med(times)
+    return out
+
+
+def topk_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
+    return len(set(np.argsort(-a)[:k]) & set(np.argsort(-b)[:k])) / k
+
+
+def speed(ex: Explorer, seed: int, naive_subset: int) -> dict:
+    codes = ex.run.codes
+    N, K = len(codes), ex.steps(None)
+    ex.sample(seed)
+    raw = raw_throughput(ex)
+    best_chunk = max(raw, key=raw.get)
+    _, t_sweep = timed(lambda: exact_counterfactuals(ex, seed, None, codes))
+    evals = float((without_codes(codes) != 0).sum()) * K
+    growth = {}
+    for frac in (0.25, 0.5):
+        m = max(1, int(N * frac))
+        growth[m] = timed(lambda m=m: exact_counterfactuals(ex, seed, None, codes[:m]))[1]
+    growth[N] = t_sweep
+    _, t_jac = timed(lambda: attribute(ex, seed, "jacobian", n_phantoms=0))
+    rows = list(range(min(naive_subset, N)))
+    _, t_naive = timed(lambda: [ex.y(without_codes(codes[[r]]), seed) for r in rows])
+    naive_full = t_naive / len(rows) * N
+    return {
+        "N": N,
+        "n": ex.n,
+        "steps": K,
+        "raw_evals_per_s": {str(k): round(v) for k, v in raw.items()},
+        "best_chunk": best_chunk,
+        "sweep_seconds": t_sweep,
+        "sweep_evals_per_s": evals / t_sweep,
+        "throughput_vs_raw": evals / t_sweep / raw[best_chunk],
+        "sweep_growth_seconds": {str(k): v for k, v in sorted(growth.items())},
+        "jacobian_seconds": t_jac,
+        "exact_over_jacobian": t_sweep / t_jac,
+        "naive_seconds_per_image": t_naive / len(rows),
+        "naive_extrapolated_seconds": naive_full,
+        "naive_over_batched": naive_full / t_sweep,
+    }
+
+
+def agreement(ex: Explorer, seeds: list[int], verify_m: int) -> dict:
+    per_seed, secs = [], {m: [] for m in ("exact", *APPROX, "verify")}
+    for seed in seeds:
+        ex_att = attribute(ex, seed, "exact")
+        secs["exact"].append(ex_att.seconds)
+        row = {"seed": seed, "attributability": ex_att.attributability}
+        for m in APPROX:
+            a = attribute(ex, seed, m)
+            secs[m].append(a.seconds)
+            row[m] = {
+                "spearman": float(spearmanr(a.scores, ex_att.scores)[0]),
+                "pearson": float(pearsonr(a.scores, ex_att.scores)[0]),
+                "top10": topk_overlap(a.scores, ex_att.scores),
+            }
+            if m == "jacobian":
+                v = verify_topk(ex, a, m=verify_m)
+                secs["verify"].append(v.seconds)
+                row["verified_top10_equal"] = bool(list(v.order[:10]) == list(ex_att.order[:10]))
+        per_seed.append(row)
+        print(
+            f"  seed {seed}: " + ", ".join(f"{m} rho={row[m]['spearman']:.2f}" for m in APPROX),
+            flush=True,
+        )
+    summary = {
+        m: {k: med([r[m][k] for r in per_seed]) for k in ("spearman", "pearson", "top10")}
+        for m in APPROX
+    }
+    return {
+        "per_seed": per_seed,
+        "median": summary,
+        "verified_top10_equal_share": float(np.mean([r["verified_top10_equal"] for r in per_seed])),
+        "median_seconds": {m: med(v) for m, v in secs.items() if v},
+    }
+
+
+def noise_floor(run_dir: str, seeds: list[int]) -> dict:
+    ex = Explorer(run_dir)
+    real, null, above, ratio = [], [], [], []
+    for seed in seeds:
+        a = attribute(ex, seed, "exact")
+        real.append(a.scores)
+        null.append(a.null_scores)
+        s = a.attributability
+        above.append(s["n_above"])
+        ratio.append(s["top1_ratio"])
+    cfg = ex.run.config
+    return {
+        "run": run_dir,
+        "init": cfg.train.init,
+        "N": ex.run.N,
+        "median_real": float(np.median(np.concatenate(real))),
+        "median_phantom": float(np.median(np.concatenate(null))),
+        "median_above_p99": med(above),
+        "chance_above_p99": 0.01 * ex.run.N,
+        "median_top1_ratio": med(ratio),
+        "share_seeds_top1_above_p99": float(np.mean(np.asarray(ratio) > 1)),
+    }
+
+
+def print_report(r: dict) -> None:
+    s = r["speed"]
+    print("\n## Speed (N={N}, n={n}, {steps} steps)".format(**s))
+    print("| chunk | raw member evals/s |\n|---|---|")
+    for c, v in s["raw_evals_per_s"].items():
+        print(f"| {c} | {v} |")
+    print(
+        f"\nexact sweep: {s['sweep_seconds']:.1f} s, {s['sweep_evals_per_s']:.0f} evals/s = "
+        f"{100 * s['throughput_vs_raw']:.0f}% of the raw limit (chunk {s['best_chunk']})"
+    )
+    print(
+        "growth with N (exact sweep seconds): "
+        + ", ".join(f"N={k}: {v:.1f}" for k, v in s["sweep_growth_seconds"].items())
+    )
+    print(
+        f"jacobian (all N, no phantoms): {s['jacobian_seconds']:.2f} s; "
+        f"exact / jacobian = {s['exact_over_jacobian']:.1f}x"
+    )
+    print(
+        f"naive sweep: {s['naive_seconds_per_image']:.3f} s per image -> "
+        f"{s['naive_extrapolated_seconds']:.0f} s for N; naive / batched = "
+        f"{s['naive_over_batched']:.1f}x"
+    )
+    if "agreement" in r:
+        a = r["agreement"]
+        print("\n## Agreement with exact (median over seeds)")
+        print("| method | Spearman | Pearson | top-10 overlap | median s |\n|---|---|---|---|---|")
+        for m, v in a["median"].items():
+            print(
+                f"| {m} | {v['spearman']:.3f} | {v['pearson']:.3f} | {v['top10']:.2f} | "
+                f"{a['median_seconds'].get(m, float('nan')):.2f} |"
+            )
+        print(f"| exact | 1 | 1 | 1 | {a['median_seconds']['exact']:.2f} |")
+        print(
+            f"\nverified top-10 (jacobian, M={r['verify_m']}) equal to exact top-10 on "
+            f"{100 * a['verified_top10_equal_share']:.0f}% of seeds; median "
+            f"{a['median_seconds']['verify']:.1f} s"
+        )
+    if r.get("floor"):
+        print("\n## Real vs phantom (exact)")
+        print(
+            "| run | init | N | median real | median phantom | above p99 (median) | chance |"
+            " top-1/p99 (median) | seeds top-1 > p99 |\n|---|---|---|---|---|---|---|---|---|"
+        )
+        for f in r["floor"]:
+            print(
+                f"| {f['run']} | {f['init']} | {f['N']} | {f['median_real']:.3f} | "
+                f"{f['median_phantom']:.3f} | {f['median_above_p99']:.0f} | "
+                f"{f['chance_above_p99']:.1f} | {f['median_top1_ratio']:.2f} | "
+                f"{100 * f['share_seeds_top1_above_p99']:.0f}% |"
+            )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True)
+    p.add_argument("--seeds", type=int, default=8, help="seeds for agreement (drawn with --seed)")
+    p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--verify", type=int, default=64, help="M of the verified top-k")
+    p.add_argument("--naive-subset", type=int, default=32)
+    p.add_argument("--floor-runs", default="", help="comma-separated runs for real vs phantom")
+    p.add_argument("--floor-seeds", type=int, default=8)
+    p.add_argument("--skip-agreement", action="store_true")
+    p.add_argument("--json", type=Path, default=None)
+    a = p.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    seeds = [int(s) for s in np.random.default_rng(a.seed).integers(0, 2**31 - 1, a.seeds)]
+    ex = Explorer(a.run)
+    report = {
+        "run": a.run,
+        "seeds": seeds,
+        "verify_m": a.verify,
+        "torch_threads": torch.get_num_threads(),
+    }
+    print("speed ...", flush=True)
+    report["speed"] = speed(ex, seeds[0], a.naive_subset)
+    if not a.skip_agreement:
+        print("agreement ...", flush=True)
+        report["agreement"] = agreement(ex, seeds, a.verify)
+    report["floor"] = [noise_floor(r, seeds[: a.floor_seeds]) for r in a.floor_runs.split(",") if r]
+    print_report(report)
+    if a.json:
+        a.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
