@@ -298,3 +298,42 @@ def test_attribution_marks_images_above_the_noise_floor(app_env, monkeypatch):
     assert metrics(at)["Above phantom p99"] == "16"
     badges = [s for s in markdown(at) if "-badge[" in s]
     assert all(b.startswith(":green-badge[") and "above noise floor (p=0.005)" in b for b in badges)
+
+
+def test_runs_are_discovered_under_assets_and_tda_runs(tmp_path, monkeypatch):
+    from ui import state
+
+    def fake_run(path: Path) -> None:
+        path.mkdir(parents=True)
+        (path / "ensemble.json").write_text("{}")
+
+    assets, runs = tmp_path / "assets", tmp_path / "mine"
+    fake_run(runs / "a")
+    fake_run(runs / "group" / "b")
+    fake_run(runs / ".hidden" / "c")
+    fake_run(runs / "1" / "2" / "3" / "too-deep")
+    (runs / "unfinished").mkdir()
+    fake_run(assets / "other")
+    monkeypatch.setenv("TDA_ASSETS", str(assets))
+    monkeypatch.setenv("TDA_RUNS", str(runs))
+    assert list(state.discover_runs()) == ["assets/other", "mine/a", "mine/group/b"]
+
+    fake_run(assets / "default")  # the shipped run comes first whenever it exists
+    found = state.discover_runs()
+    assert list(found)[0] == "assets/default"
+    assert found["assets/default"] == str((assets / "default").resolve())
+
+    monkeypatch.delenv("TDA_RUNS")
+    assert list(state.discover_runs()) == ["assets/default", "assets/other"]
+
+
+def test_random_seed_button(app_env):
+    at = open_app("ablation")
+    dice = next(b for b in at.button if b.label == ":material/casino:")
+    for _ in range(3):  # a draw of 0 (the start) is possible but not three times in a row
+        dice.click().run()
+        if at.number_input(key="seed").value != 0:
+            break
+    seed = at.number_input(key="seed").value
+    assert 0 < seed <= 99_999
+    assert captions(at)[0] == f"full ensemble (seed {seed})"
