@@ -1,5 +1,6 @@
 """Generate: the ensemble's sample of a seed, its denoising trajectory, every member alone."""
 
+import numpy as np
 import streamlit as st
 
 from ui import render, state
@@ -24,13 +25,10 @@ with left:
 with mid:
     st.subheader("Denoising trajectory")
     K = len(timesteps)
+    if st.session_state.get("traj_step", K) > K:  # a run with fewer steps was picked
+        del st.session_state["traj_step"]
     k = st.slider(
-        "Step",
-        0,
-        K,
-        K,
-        key="traj_step",
-        help="0 is the pure noise x_T; the last step is the sample.",
+        "Step", 0, K, K, key="traj_step", help="0 is the pure noise x_T; the last is the sample."
     )
     label = "x_T (pure noise)" if k == 0 else f"after step {k}/{K} (t = {int(timesteps[k - 1])})"
     render.show(traj[k], label, size=320)
@@ -40,6 +38,10 @@ with right:
     st.metric("Trajectory", f"{traj_s:.2f} s")
     st.metric(f"All {run.n} members alone", f"{members_s:.2f} s")
     st.caption("Times of the first computation; repeats come from the cache.")
+
+frames = np.unique(np.linspace(0, K, min(K + 1, 11)).round().astype(int))
+st.caption("The chain at a glance, from pure noise to the sample:")
+render.gallery(traj[frames], [f"step {f}" for f in frames], cols=len(frames), size=96)
 
 st.subheader("Every member alone, same noise")
 st.caption(

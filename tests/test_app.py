@@ -89,11 +89,12 @@ def test_home_summarises_the_run(app_env):
 def test_generate_shows_sample_trajectory_members_and_follows_the_seed(app_env, tiny_explorer):
     seen = tiny_explorer.run.codes.sum(0)
     at = open_app("generate")
-    assert len(images(at)) == 1 + 1 + 6  # sample, trajectory step, six members
+    assert len(images(at)) == 1 + 1 + 11 + 6  # sample, chosen step, filmstrip, members
     caps = captions(at)
     assert caps[0] == "full ensemble, 10 steps"
     assert caps[1].startswith("after step 10/10")
-    assert caps[2:] == [f"member {i} · saw {seen[i]}" for i in range(6)]
+    assert caps[2:13] == [f"step {k}" for k in range(11)]
+    assert caps[13:] == [f"member {i} · saw {seen[i]}" for i in range(6)]
     assert {"Ensemble sample", "Trajectory", "All 6 members alone"} <= set(metrics(at))
     assert all(v.endswith(" s") for v in metrics(at).values())
     assert at.subheader[0].value == "Sample of seed 0"
