@@ -12,6 +12,7 @@ import numpy as np
 import plotly.io as pio
 import pytest
 import torch
+from conftest import tiny_config
 from scipy.stats import spearmanr
 from streamlit.testing.v1 import AppTest
 
@@ -32,7 +33,6 @@ from tda.metrics import (
     spearman,
     topk_overlap,
 )
-from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = EvalSizes(samples=40, seeds=2, draws=2, sizes=(1, 2, 4))  # two sample blocks
