@@ -44,6 +44,7 @@ b5.button(
     help="Switches off the members that saw it: the exact counterfactual of that image.",
 )
 
+st.caption("Members: switch m i off to drop member i from the ensemble.")
 per_row = min(8, n)
 active = []
 for start in range(0, n, per_row):
@@ -51,7 +52,7 @@ for start in range(0, n, per_row):
     for i in range(start, min(n, start + per_row)):
         active.append(
             cols[i - start].toggle(
-                f"member {i}", key=f"member_{i}", on_change=state.keep(f"member_{i}", True)
+                f"m{i}", key=f"member_{i}", on_change=state.keep(f"member_{i}", True)
             )
         )
 on = int(sum(active))

@@ -112,8 +112,7 @@ with right:
         )
     if 0 < P < 100:
         st.caption(
-            f"Only {P} phantom codes are available (codes of weight {run.h} in {run.n} bits "
-            f"not used by the {run.N} images): no p-value can go below {1 / (P + 1):.2f}."
+            f"Only {P} phantom codes were scored: no p-value can go below {1 / (P + 1):.2f}."
         )
 
 # -- the top-k -------------------------------------------------------------------------
@@ -184,7 +183,7 @@ with s:
         sc[0].metric("Spearman ρ vs exact", f"{rho:.2f}")
         sc[1].metric(f"Top-{k} overlap with exact", f"{top}/{k}")
     elif method != "exact":
-        st.caption(
-            "Compute the exact scores for this seed (method *exact*) to see how "
-            "this approximation ranks against them."
-        )
+        st.caption("How does this approximation rank against the exact scores for this seed?")
+        if st.button("Compute exact scores to compare", icon=":material/compare_arrows:"):
+            state.attribution(key, seed, "exact")
+            st.rerun()

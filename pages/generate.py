@@ -45,13 +45,14 @@ render.gallery(traj[frames], [f"step {f}" for f in frames], cols=len(frames), si
 
 st.subheader("Every member alone, same noise")
 st.caption(
-    "Member i sampled by itself (weights e_i); 'saw k': it was trained on k images. Members that disagree with the "
-    "ensemble show how much each one's quirks could move a counterfactual."
+    "m i: member i sampled by itself (weights e_i) with the same noise; saw k: it was "
+    "trained on k images. Members that disagree with the ensemble show how much each "
+    "one's quirks could move a counterfactual."
 )
 seen = run.codes.sum(0)
 render.gallery(
     members,
-    [f"member {i} · saw {int(seen[i])}" for i in range(run.n)],
+    [f"m{i} · saw {int(seen[i])}" for i in range(run.n)],
     cols=min(8, run.n),
     size=160,
 )

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from tda import views
-from ui import state
+from ui import render, state
 
 ctx = state.sidebar()
 run = ctx.run
@@ -38,19 +38,22 @@ st.caption(
 st.plotly_chart(views.code_matrix_figure(run.codes, run.labels), key="codes")
 
 st.subheader("How a counterfactual works")
-left, right = st.columns([3, 2])
-with left:
-    st.plotly_chart(views.counterfactual_diagram(run.codes[0], 0), key="diagram")
-with right:
-    members = views.members_of(run.codes[0])
-    st.markdown(
-        f"The full ensemble averages all {run.n} members' noise predictions. "
-        f"Training image #0 was seen by members {', '.join(map(str, members))}; switch them "
-        f"off, spread the weight over the {run.n - run.h} members that never saw it, and "
-        "run the chain again **with the same noise**. The difference between the two "
-        "samples is what image #0 contributed — plus the quirks of the members that were "
-        "switched off, which is why phantom codes measure the noise floor."
-    )
+code = run.codes[0]
+st.plotly_chart(views.counterfactual_diagram(code, 0), key="diagram")
+cf, _ = state.counterfactual(ctx.key, ctx.seed, tuple(bool(b) for b in code == 0))
+c = st.columns([1, 1, 1, 1, 3])
+render.show(run.images[0], "training image #0", 128, c[0])
+render.show(cf.sample, f"full ensemble (seed {ctx.seed})", 128, c[1])
+render.show(cf.counterfactual, "without image #0", 128, c[2])
+render.show_residual(cf.residual, "residual", 128, container=c[3])
+c[4].markdown(
+    f"The full ensemble averages all {run.n} members' noise predictions. Training image #0 "
+    f"was seen by members {', '.join(map(str, views.members_of(code)))}; switch them off, "
+    f"spread the weight over the {run.n - run.h} members that never saw it, and run the "
+    "chain again **with the same noise**. The residual is what image #0 contributed — plus "
+    "the quirks of the members that were switched off, which is why phantom codes (owned "
+    "by no image) measure the noise floor."
+)
 
 st.subheader("Where to go")
 c = st.columns(4)

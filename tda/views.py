@@ -152,14 +152,15 @@ def counterfactual_diagram(code: np.ndarray, row: int) -> go.Figure:
     n = len(code)
     keep = (~code).sum()
     weights = np.stack([np.full(n, 1.0 / n), np.where(code, 0.0, 1.0 / keep)])
-    text = [[f"1/{n}"] * n, ["saw it<br>off" if c else f"1/{keep}" for c in code]]
+    text = [[f"1/{n}"] * n, ["off" if c else f"1/{keep}" for c in code]]
     fig = go.Figure(
         go.Heatmap(
             z=weights,
             x=[f"m{i}" for i in range(n)],
-            y=["full ensemble u0", f"without image #{row}"],
+            y=["full ensemble", f"without image #{row}"],
             text=text,
             texttemplate="%{text}",
+            textfont=dict(size=12),
             hoverinfo="skip",
             showscale=False,
             colorscale=[[0, OFF_COLOR], [1, ON_COLOR]],
@@ -170,9 +171,10 @@ def counterfactual_diagram(code: np.ndarray, row: int) -> go.Figure:
         )
     )
     fig.update_layout(
-        height=230,
+        height=200,
         margin=dict(l=10, r=10, t=40, b=10),
-        title=f"Same recorded noise, two weight vectors: image #{row} (code {bits(code)}) removed",
+        title=f"Member weights: image #{row} has code {bits(code)}, so its {int(code.sum())} "
+        "members switch off",
     )
     fig.update_yaxes(autorange="reversed")
     return fig

@@ -84,6 +84,12 @@ def test_home_summarises_the_run(app_env):
     assert "Code matrix" in charts[0].proto.spec
     assert "without image #0" in charts[1].proto.spec
     assert len(at.get("page_link")) == 4
+    assert captions(at) == [
+        "training image #0",
+        "full ensemble (seed 0)",
+        "without image #0",
+        "residual",
+    ]
 
 
 def test_generate_shows_sample_trajectory_members_and_follows_the_seed(app_env, tiny_explorer):
@@ -94,7 +100,7 @@ def test_generate_shows_sample_trajectory_members_and_follows_the_seed(app_env, 
     assert caps[0] == "full ensemble, 10 steps"
     assert caps[1].startswith("after step 10/10")
     assert caps[2:13] == [f"step {k}" for k in range(11)]
-    assert caps[13:] == [f"member {i} · saw {seen[i]}" for i in range(6)]
+    assert caps[13:] == [f"m{i} · saw {seen[i]}" for i in range(6)]
     assert {"Ensemble sample", "Trajectory", "All 6 members alone"} <= set(metrics(at))
     assert all(v.endswith(" s") for v in metrics(at).values())
     assert at.subheader[0].value == "Sample of seed 0"
@@ -338,3 +344,14 @@ def test_random_seed_button(app_env):
     seed = at.number_input(key="seed").value
     assert 0 < seed <= 99_999
     assert captions(at)[0] == f"full ensemble (seed {seed})"
+
+
+def test_attribution_compares_with_exact_on_request(app_env):
+    at = open_app("attribution")
+    at.number_input(key="seed").set_value(13).run()
+    assert "Spearman ρ vs exact" not in metrics(at)
+    next(b for b in at.button if b.label == "Compute exact scores to compare").click().run()
+    assert not at.exception
+    rho = float(metrics(at)["Spearman ρ vs exact"])
+    assert -1.0 <= rho <= 1.0 and len(at.get("plotly_chart")) == 2
+    assert not [b for b in at.button if b.label == "Compute exact scores to compare"]

@@ -30,12 +30,12 @@ PAGES = {
     "": (
         "Which training images made this sample?",
         ['[data-testid="stPlotlyChart"]'],
-        ["Training images N", "How a counterfactual works"],
+        ["Training images N", "How a counterfactual works", "without image #0"],
     ),
     "generate": (
         "Generate",
         ['[data-testid="stImage"] img', '[data-testid="stSlider"]'],
-        ["Every member alone", "member 5"],
+        ["Every member alone", "m5 · saw"],
     ),
     "attribution": (
         "Attribution",
@@ -45,7 +45,7 @@ PAGES = {
     "ablation": (
         "Ablation lab",
         ['[data-testid="stCheckbox"]', '[data-testid="stImage"] img'],
-        ["Members on", "member 5", "Remove image #0"],
+        ["Members on", "m5", "Remove image #0"],
     ),
     "training_set": (
         "Training set",
