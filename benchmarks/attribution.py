@@ -131,9 +131,13 @@ def agreement(ex: Explorer, seeds: list[int], verify_m: int) -> dict:
     }
 
 
-def noise_floor(run_dir: str, seeds: list[int]) -> dict:
+VISIBLE_RMS = 0.1  # RMS change (model space [-1, 1]) that a person sees at a glance
+
+
+def noise_floor(run_dir: str, seeds: list[int], gallery: Path | None = None) -> dict:
+    """Exact scores of real images vs phantom codes; top-1 above p99 and visibly different."""
     ex = Explorer(run_dir)
-    real, null, above, ratio = [], [], [], []
+    real, null, above, ratio, rms, tiles = [], [], [], [], [], []
     for seed in seeds:
         a = attribute(ex, seed, "exact")
         real.append(a.scores)
@@ -141,7 +145,26 @@ def noise_floor(run_dir: str, seeds: list[int]) -> dict:
         s = a.attributability
         above.append(s["n_above"])
         ratio.append(s["top1_ratio"])
+        top = int(a.order[0])
+        res = a.state["residuals"][top]
+        rms.append(float(res.pow(2).mean().sqrt()))
+        tiles.append(
+            [
+                a.sample,
+                torch.from_numpy(ex.run.images[top]).float() / 127.5 - 1,
+                a.sample + res,
+                res,
+            ]
+        )
+        print(
+            f"  {run_dir} seed {seed}: top-1 row {top}, top-1/p99 {s['top1_ratio']:.2f}, "
+            f"RMS change {rms[-1]:.3f}",
+            flush=True,
+        )
+    if gallery is not None:
+        _save_gallery(tiles, gallery)
     cfg = ex.run.config
+    good = (np.asarray(ratio) > 1) & (np.asarray(rms) >= VISIBLE_RMS)
     return {
         "run": run_dir,
         "init": cfg.train.init,
@@ -152,11 +175,41 @@ def noise_floor(run_dir: str, seeds: list[int]) -> dict:
         "chance_above_p99": 0.01 * ex.run.N,
         "median_top1_ratio": med(ratio),
         "share_seeds_top1_above_p99": float(np.mean(np.asarray(ratio) > 1)),
+        "median_top1_rms_change": med(rms),
+        "share_seeds_above_p99_and_visible": float(np.mean(good)),
     }
 
 
+def _save_gallery(tiles: list[list[torch.Tensor]], path: Path, scale: int = 6) -> None:
+    """One row per seed: sample, top-1 training image, counterfactual, residual (red +, blue -)."""
+    from PIL import Image
+
+    rows = []
+    for row in tiles:
+        cells = []
+        for k, t in enumerate(row):
+            g = t.mean(0).clamp(-1, 1).numpy()
+            if k == 3:
+                v = np.abs(g) / max(1e-6, float(np.abs(g).max()))
+                rgb = np.stack([1 - v * (g < 0), 1 - v, 1 - v * (g > 0)], -1)
+            else:
+                rgb = np.repeat(((g + 1) / 2)[..., None], 3, -1)
+            cells.append(np.pad(rgb, ((1, 1), (1, 1), (0, 0)), constant_values=1))
+        rows.append(np.concatenate(cells, 1))
+    grid = (np.concatenate(rows, 0) * 255).astype(np.uint8)
+    img = Image.fromarray(grid).resize(
+        (grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST
+    )
+    img.save(path)
+
+
 def print_report(r: dict) -> None:
-    s = r["speed"]
+    if "speed" in r:
+        print_speed(r["speed"])
+    print_quality(r)
+
+
+def print_speed(s: dict) -> None:
     print("\n## Speed (N={N}, n={n}, {steps} steps)".format(**s))
     print("| chunk | raw member evals/s |\n|---|---|")
     for c, v in s["raw_evals_per_s"].items():
@@ -178,6 +231,9 @@ def print_report(r: dict) -> None:
         f"{s['naive_extrapolated_seconds']:.0f} s for N; naive / batched = "
         f"{s['naive_over_batched']:.1f}x"
     )
+
+
+def print_quality(r: dict) -> None:
     if "agreement" in r:
         a = r["agreement"]
         print("\n## Agreement with exact (median over seeds)")
@@ -197,14 +253,16 @@ def print_report(r: dict) -> None:
         print("\n## Real vs phantom (exact)")
         print(
             "| run | init | N | median real | median phantom | above p99 (median) | chance |"
-            " top-1/p99 (median) | seeds top-1 > p99 |\n|---|---|---|---|---|---|---|---|---|"
+            " top-1/p99 (median) | seeds top-1 > p99 | and visible (RMS >= 0.1) |"
+            "\n|---|---|---|---|---|---|---|---|---|---|"
         )
         for f in r["floor"]:
             print(
                 f"| {f['run']} | {f['init']} | {f['N']} | {f['median_real']:.3f} | "
                 f"{f['median_phantom']:.3f} | {f['median_above_p99']:.0f} | "
                 f"{f['chance_above_p99']:.1f} | {f['median_top1_ratio']:.2f} | "
-                f"{100 * f['share_seeds_top1_above_p99']:.0f}% |"
+                f"{100 * f['share_seeds_top1_above_p99']:.0f}% | "
+                f"{100 * f['share_seeds_above_p99_and_visible']:.0f}% |"
             )
 
 
@@ -218,6 +276,13 @@ def main() -> None:
     p.add_argument("--floor-runs", default="", help="comma-separated runs for real vs phantom")
     p.add_argument("--floor-seeds", type=int, default=8)
     p.add_argument("--skip-agreement", action="store_true")
+    p.add_argument("--skip-speed", action="store_true")
+    p.add_argument(
+        "--gallery",
+        type=Path,
+        default=None,
+        help="PNG per floor run: sample, top-1 image, counterfactual, residual",
+    )
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -229,12 +294,19 @@ def main() -> None:
         "verify_m": a.verify,
         "torch_threads": torch.get_num_threads(),
     }
-    print("speed ...", flush=True)
-    report["speed"] = speed(ex, seeds[0], a.naive_subset)
+    if not a.skip_speed:
+        print("speed ...", flush=True)
+        report["speed"] = speed(ex, seeds[0], a.naive_subset)
     if not a.skip_agreement:
         print("agreement ...", flush=True)
         report["agreement"] = agreement(ex, seeds, a.verify)
-    report["floor"] = [noise_floor(r, seeds[: a.floor_seeds]) for r in a.floor_runs.split(",") if r]
+    floor_seeds = [
+        int(s) for s in np.random.default_rng(a.seed + 1).integers(0, 2**31 - 1, a.floor_seeds)
+    ]
+    report["floor"] = [
+        noise_floor(r, floor_seeds, a.gallery and a.gallery.with_name(f"{a.gallery.stem}_{k}.png"))
+        for k, r in enumerate(x for x in a.floor_runs.split(",") if x)
+    ]
     print_report(report)
     if a.json:
         a.json.write_text(json.dumps(report, indent=2))

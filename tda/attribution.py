@@ -264,6 +264,7 @@ def verify_topk(
         return att
     t0 = time.perf_counter()
     top = att.order[:m]
+    m = len(top)
     codes = explorer.run.codes
     ph = phantom_codes(codes, n_phantoms, seed=1)
     cf = exact_counterfactuals(
