@@ -10,14 +10,14 @@ run = ctx.run
 
 st.title("Which training images made this sample?")
 st.markdown(
-    "This explorer trains no single diffusion model but an **encoded ensemble**: every "
-    "training image gets a code that says which members of the ensemble are trained on it. "
-    "Because some members never saw a given image, sampling with only those members — with "
-    "exactly the same recorded noise — shows the sample *as if that image had never been in "
-    "the training set*. "
-    "Comparing the two gives each training image an influence score, and scoring "
-    "*phantom* codes (owned by no image) the same way tells you whether that score rises "
-    "above the ensemble's own noise."
+    "This explorer asks which training images made a generated image, using an **encoded "
+    "ensemble** of diffusion models: every training image has a code that says which "
+    "members were trained on it. "
+    "Sampling again with only the members that never saw an image — with exactly the same "
+    "recorded noise — shows the sample *as if that image had never been in the training "
+    "set*, and the difference is that image's influence. "
+    "Scoring *phantom* codes (owned by no image) the same way measures the ensemble's own "
+    "noise, so you can see whether an influence rises above it."
 )
 
 st.subheader(f"Loaded run: {ctx.label}")
@@ -43,7 +43,7 @@ st.plotly_chart(views.counterfactual_diagram(code, 0), key="diagram")
 cf, _ = state.counterfactual(ctx.key, ctx.seed, tuple(bool(b) for b in code == 0))
 c = st.columns([1, 1, 1, 1, 3])
 render.show(run.images[0], "training image #0", 128, c[0])
-render.show(cf.sample, f"full ensemble (seed {ctx.seed})", 128, c[1])
+render.show(cf.sample, f"sample (seed {ctx.seed})", 128, c[1])
 render.show(cf.counterfactual, "without image #0", 128, c[2])
 render.show_residual(cf.residual, "residual", 128, container=c[3])
 c[4].markdown(

@@ -86,7 +86,7 @@ def test_home_summarises_the_run(app_env):
     assert len(at.get("page_link")) == 4
     assert captions(at) == [
         "training image #0",
-        "full ensemble (seed 0)",
+        "sample (seed 0)",
         "without image #0",
         "residual",
     ]

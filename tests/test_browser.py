@@ -70,6 +70,7 @@ def server(tiny_run_dir, tmp_path_factory):
         os.environ,
         TDA_RUNS=str(tiny_run_dir.parent),
         TDA_ASSETS=str(tmp_path_factory.mktemp("no-assets")),
+        OMP_NUM_THREADS="1",  # tiny models: two threads on a busy 2-core box are far slower
     )
     log = tmp_path_factory.mktemp("streamlit") / "server.log"
     with open(log, "w") as out:
