@@ -30,7 +30,7 @@ def app_env(tiny_run_dir, tmp_path, monkeypatch):
 def open_app(page: str | None = None) -> AppTest:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
     if page:
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"app_pages/{page}.py").run()
     assert not at.exception, at.exception
     return at
 
@@ -114,7 +114,7 @@ def test_generate_shows_sample_trajectory_members_and_follows_the_seed(app_env, 
     assert at.subheader[0].value == "Sample of seed 3"
     assert images(at)[0].url != first  # another seed, another sample
 
-    at.switch_page("pages/ablation.py").run()  # the seed carries over to other pages
+    at.switch_page("app_pages/ablation.py").run()  # the seed carries over to other pages
     assert at.number_input(key="seed").value == 3
     assert captions(at)[0] == "full ensemble (seed 3)"
 
@@ -262,7 +262,7 @@ def test_training_set_browse_pick_and_search(app_env, tiny_explorer):
 
 def test_training_set_shows_influence_once_attributed(app_env):
     at = open_app("attribution")  # computes (or reuses) the jacobian scores for seed 0
-    at.switch_page("pages/training_set.py").run()
+    at.switch_page("app_pages/training_set.py").run()
     at.number_input(key="picked").set_value(9).run()
     text = " ".join(markdown(at))
     assert "Influence on the sample of seed 0 (jacobian): score **" in text

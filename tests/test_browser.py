@@ -129,9 +129,9 @@ def page(server):
 
 
 def wait_until_done(page) -> None:
-    """Streamlit is done when its app view exists and its running indicator is gone."""
-    page.wait_for_selector('[data-testid="stAppViewContainer"]')
-    page.wait_for_timeout(500)  # let the first run start
+    """Streamlit is done when the app's navigation and sidebar exist and nothing runs."""
+    page.get_by_role("link", name="Home", exact=True).wait_for()
+    page.locator('[data-testid="stSidebar"] [data-testid="stNumberInput"]').first.wait_for()
     page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached")
     page.wait_for_selector('[data-testid="stSkeleton"]', state="detached")
 
@@ -148,6 +148,16 @@ def screenshot(page, name: str) -> None:
     SHOTS.mkdir(exist_ok=True)
     page.screenshot(path=str(SHOTS / name), full_page=True)
     page.set_viewport_size({"width": width, "height": 900})
+
+
+def test_deep_link_on_a_fresh_server(server, page):
+    """The first visit opens a page directly: app.py still runs (navigation, wide layout)."""
+    page.goto(f"{server}/ablation")
+    wait_until_done(page)
+    nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
+    for title in ("Home", "Generate", "Attribution", "Ablation lab", "Training set"):
+        assert title in nav
+    page.get_by_role("heading", name="Ablation lab").wait_for()
 
 
 @pytest.mark.parametrize("path", list(PAGES))
@@ -182,3 +192,8 @@ def test_seed_change_in_the_browser(server, page):
     page.get_by_text("full ensemble (seed 7)").wait_for()
     wait_until_done(page)
     screenshot(page, "ablation_seed7.png")
+    page.get_by_role("button", name="Remove image #0").click()  # its members switch off
+    page.get_by_text("3 of 6 members on").wait_for()
+    page.get_by_role("heading", name="Training images no active member saw (1)").wait_for()
+    wait_until_done(page)
+    screenshot(page, "ablation_remove0.png")

@@ -57,9 +57,9 @@ c[4].markdown(
 
 st.subheader("Where to go")
 c = st.columns(4)
-c[0].page_link("pages/generate.py", label="Generate a sample", icon=":material/auto_awesome:")
-c[1].page_link("pages/attribution.py", label="Attribute it", icon=":material/leaderboard:")
-c[2].page_link("pages/ablation.py", label="Switch members off", icon=":material/toggle_on:")
+c[0].page_link("app_pages/generate.py", label="Generate a sample", icon=":material/auto_awesome:")
+c[1].page_link("app_pages/attribution.py", label="Attribute it", icon=":material/leaderboard:")
+c[2].page_link("app_pages/ablation.py", label="Switch members off", icon=":material/toggle_on:")
 c[3].page_link(
-    "pages/training_set.py", label="Browse the training set", icon=":material/photo_library:"
+    "app_pages/training_set.py", label="Browse the training set", icon=":material/photo_library:"
 )
