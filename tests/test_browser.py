@@ -143,6 +143,7 @@ def screenshot(page, name: str) -> None:
         "id => document.querySelector(`[data-testid=${id}]`)?.scrollHeight || 0))"
     )
     width = page.viewport_size["width"]
+    page.mouse.move(0, 0)  # no hover tooltip over the page
     page.set_viewport_size({"width": width, "height": min(max(900, height + 40), 8000)})
     page.wait_for_timeout(700)  # charts re-layout at the new size
     SHOTS.mkdir(exist_ok=True)
