@@ -30,6 +30,7 @@ from .index import build_index, search
 
 METHODS = ("exact", "jacobian", "last-step", "individual", "individual-paper", "nearest")
 MAX_PHANTOMS = 512
+MIN_PHANTOMS = 256  # a p99 estimated from fewer draws is just their maximum
 SWEEP_CHUNK = 512  # chains per exact sweep pass (memory and progress granularity)
 FD_STEP = 1e-2  # central finite-difference step on each member weight (u0 entries are 1/n)
 
@@ -82,6 +83,11 @@ class Attribution:
         }
 
 
+def default_phantoms(n_images: int) -> int:
+    """As many phantoms as images, at least MIN_PHANTOMS (a stable p99), at most MAX_PHANTOMS."""
+    return min(max(n_images, MIN_PHANTOMS), MAX_PHANTOMS)
+
+
 def empirical_pvalues(scores: np.ndarray, null: np.ndarray) -> np.ndarray:
     """P(null >= score) with the +1 correction; NaN without a null."""
     if len(null) == 0:
@@ -103,7 +109,7 @@ def attribute(
     if method not in METHODS:
         raise TdaError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     codes = explorer.run.codes
-    P = min(len(codes), MAX_PHANTOMS) if n_phantoms is None else n_phantoms
+    P = default_phantoms(len(codes)) if n_phantoms is None else n_phantoms
     ph = phantom_codes(codes, P, seed=1)
     t0 = time.perf_counter()
     sample = explorer.sample(seed, steps).sample
