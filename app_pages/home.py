@@ -35,6 +35,19 @@ st.caption(
     f"{s['params_per_member']:,} parameters per member · {s['path']}"
 )
 
+finding = views.floor_finding(run.path)
+if finding is None:
+    st.info(
+        "No noise-floor measurement for this run yet: run `python -m tda evaluate --run "
+        f"{s['path']}` to learn whether its attributions rise above member noise."
+    )
+elif finding[0] == "weak":
+    st.warning(
+        "**Is attribution meaningful here? Mostly not.** " + finding[1], icon=":material/warning:"
+    )
+else:
+    st.success("**Attribution rises above the noise floor on this run.** " + finding[1])
+
 st.plotly_chart(views.code_matrix_figure(run.codes, run.labels), key="codes")
 
 st.subheader("How a counterfactual works")

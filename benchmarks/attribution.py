@@ -169,6 +169,8 @@ def noise_floor(run_dir: str, seeds: list[int], gallery: Path | None = None) -> 
         "run": run_dir,
         "init": cfg.train.init,
         "N": ex.run.N,
+        "n_seeds": len(seeds),
+        "n_phantoms": len(null[0]),
         "median_real": float(np.median(np.concatenate(real))),
         "median_phantom": float(np.median(np.concatenate(null))),
         "median_above_p99": med(above),

@@ -264,3 +264,59 @@ def scatter_figure(
         legend=dict(orientation="h", y=-0.25),
     )
     return fig
+
+
+def floor_finding(run_dir) -> tuple[str, str] | None:
+    """("ok" | "weak", sentence) on whether this run's attributions rise above the noise floor.
+
+    Read from the run's evaluation report (report/report.json, section noise_floor) or,
+    failing that, from floor.json written by benchmarks/attribution.py. None when neither
+    exists. "weak" when real and phantom scores look alike (medians within 5%, or a
+    Kolmogorov-Smirnov p above 0.05) or the top-1 beats the phantom p99 on < 3 of 4 seeds.
+    """
+    import json
+    from pathlib import Path
+
+    run_dir = Path(run_dir)
+    f: dict | None = None
+    report = run_dir / "report" / "report.json"
+    if report.is_file():
+        nf = json.loads(report.read_text()).get("noise_floor") or {}
+        if "phantom_median" in nf:
+            f = {
+                "share": nf["share_top1_above_p99"],
+                "ratio": nf["median_top1_ratio"],
+                "real": nf["real_median"],
+                "phantom": nf["phantom_median"],
+                "seeds": len(nf["per_seed"]),
+                "ks_p": nf.get("ks_pvalue"),
+            }
+    if f is None and (run_dir / "floor.json").is_file():
+        fl = json.loads((run_dir / "floor.json").read_text())["floor"][0]
+        f = {
+            "share": fl["share_seeds_top1_above_p99"],
+            "ratio": fl["median_top1_ratio"],
+            "real": fl["median_real"],
+            "phantom": fl["median_phantom"],
+            "seeds": fl["n_seeds"],
+            "ks_p": None,
+        }
+    if f is None:
+        return None
+    alike = abs(f["real"] - f["phantom"]) <= 0.05 * max(f["phantom"], 1e-9) or (
+        f["ks_p"] is not None and f["ks_p"] > 0.05
+    )
+    weak = alike or f["share"] < 0.75
+    text = (
+        f"Measured on this run over {f['seeds']} seeds: the top-1 image beats the phantoms' "
+        f"99th percentile on {100 * f['share']:.0f}% of seeds (median top-1 / p99 = "
+        f"{f['ratio']:.2f}); median exact score of real images {f['real']:.3f} vs phantom "
+        f"codes {f['phantom']:.3f}."
+    )
+    if weak:
+        text += (
+            " Real and phantom scores look alike: at this scale, switching to any other "
+            "half of the members changes the sample about as much as removing an image, "
+            "so a top-k here is mostly member noise. Read every score with its p-value."
+        )
+    return ("weak" if weak else "ok"), text

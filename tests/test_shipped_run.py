@@ -27,8 +27,7 @@ def test_shipped_run_is_the_documented_recipe(shipped):
     assert run.config.sample.num_inference_steps == 50
     assert run.config.train.num_train_timesteps == 1000
     assert not run.config.model.attention
-    assert all(not hasattr(b, "attentions") or not b.attentions
-               for b in run.members[0].down_blocks)
+    assert all(not hasattr(b, "attentions") or not b.attentions for b in run.members[0].down_blocks)
     assert sorted(set(run.labels.tolist())) == list(range(10))  # class-balanced digits
 
 
@@ -44,3 +43,18 @@ def test_shipped_run_reproduces_its_reference_sample(shipped):
 def test_assets_stay_small():
     total = sum(p.stat().st_size for p in DEFAULT.parent.rglob("*") if p.is_file())
     assert total < 40 * 2**20, f"assets/ is {total / 2**20:.1f} MB"
+
+
+def test_home_page_tells_whether_attribution_means_something(monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.delenv("TDA_RUNS", raising=False)
+    monkeypatch.delenv("TDA_ASSETS", raising=False)
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    at = AppTest.from_file(str(root / "app.py"), default_timeout=120).run()
+    assert not at.exception
+    shown = " ".join(w.value for w in at.warning) + " ".join(s.value for s in at.success)
+    assert "phantoms' 99th percentile" in shown
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Training images N"] == "64" and metrics["Members n"] == "16"

@@ -58,3 +58,37 @@ def test_figures():
 
     sc = views.scatter_figure(real, real * 2, "exact", "jacobian", "t", highlight=[2])
     assert list(sc.data[1].x) == [0.3] and len(sc.data[0].x) == 2
+
+
+def test_floor_finding_reads_report_then_floor_json(tmp_path):
+    import json
+
+    from tda.views import floor_finding
+
+    assert floor_finding(tmp_path) is None
+    floor = {
+        "floor": [
+            {
+                "share_seeds_top1_above_p99": 0.75,
+                "median_top1_ratio": 1.02,
+                "median_real": 1.396,
+                "median_phantom": 1.393,
+                "n_seeds": 16,
+            }
+        ]
+    }
+    (tmp_path / "floor.json").write_text(json.dumps(floor))
+    level, text = floor_finding(tmp_path)
+    assert level == "weak" and "75% of seeds" in text and "16 seeds" in text
+    (tmp_path / "report").mkdir()
+    nf = {
+        "share_top1_above_p99": 0.9,
+        "median_top1_ratio": 1.8,
+        "real_median": 2.0,
+        "phantom_median": 1.0,
+        "ks_pvalue": 1e-6,
+        "per_seed": [{}] * 8,
+    }
+    (tmp_path / "report" / "report.json").write_text(json.dumps({"noise_floor": nf}))
+    level, text = floor_finding(tmp_path)
+    assert level == "ok" and "90% of seeds" in text and "8 seeds" in text
