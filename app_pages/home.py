@@ -27,7 +27,8 @@ cols[0].metric("Training images N", s["N"])
 cols[1].metric("Members n", s["n"])
 cols[2].metric("Code weight h", s["h"], help="How many members see each image.")
 cols[3].metric("Dataset", s["dataset"])
-cols[4].metric("Image size", s["image"].replace("x", " × "))
+c_, h_, w_ = run.image_shape
+cols[4].metric("Image size", f"{h_}×{w_}", help=f"{c_} channel(s)")
 cols[5].metric("Sampling steps", s["steps"])
 cols[6].metric("Initialisation", s["init"], help="shared: members start from the same weights.")
 st.caption(

@@ -101,7 +101,12 @@ def agreement(ex: Explorer, seeds: list[int], verify_m: int) -> dict:
     for seed in seeds:
         ex_att = attribute(ex, seed, "exact")
         secs["exact"].append(ex_att.seconds)
-        row = {"seed": seed, "attributability": ex_att.attributability}
+        row = {
+            "seed": seed,
+            "attributability": ex_att.attributability,
+            "median_real": float(np.median(ex_att.scores)),
+            "median_phantom": float(np.median(ex_att.null_scores)),
+        }
         for m in APPROX:
             a = attribute(ex, seed, m)
             secs[m].append(a.seconds)
@@ -250,6 +255,17 @@ def print_quality(r: dict) -> None:
             f"\nverified top-10 (jacobian, M={r['verify_m']}) equal to exact top-10 on "
             f"{100 * a['verified_top10_equal_share']:.0f}% of seeds; median "
             f"{a['median_seconds']['verify']:.1f} s"
+        )
+        ps = a["per_seed"]
+        print(
+            "noise floor on these seeds: median real {:.3f}, median phantom {:.3f}, top-1 > p99 "
+            "on {:.0f}% of seeds, images above p99 {:.0f} (median; chance {:.1f})".format(
+                med([x["median_real"] for x in ps]),
+                med([x["median_phantom"] for x in ps]),
+                100 * np.mean([x["attributability"]["top1_ratio"] > 1 for x in ps]),
+                med([x["attributability"]["n_above"] for x in ps]),
+                ps[0]["attributability"]["expected_above"],
+            )
         )
     if r.get("floor"):
         print("\n## Real vs phantom (exact)")

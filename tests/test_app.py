@@ -77,7 +77,7 @@ def test_home_summarises_the_run(app_env):
     m = metrics(at)
     assert (m["Training images N"], m["Members n"], m["Code weight h"]) == ("16", "6", "3")
     assert (m["Dataset"], m["Sampling steps"], m["Initialisation"]) == ("digits", "10", "shared")
-    assert m["Image size"] == "1 × 8 × 8"
+    assert m["Image size"] == "8×8"
     charts = at.get("plotly_chart")
     assert len(charts) == 2  # code matrix and counterfactual diagram
     assert '"Heatmap"' in charts[0].proto.spec or '"heatmap"' in charts[0].proto.spec
