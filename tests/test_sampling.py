@@ -176,3 +176,16 @@ def test_trajectory_starts_at_x_T_and_ends_at_the_sample(tiny_explorer):
     assert traj.shape == (ex.chain().timesteps.numel() + 1, *ex.run.image_shape)
     assert torch.equal(traj[0], ex.noise(5).x_T)
     assert torch.equal(traj[-1], ex.sample(5).sample)
+
+
+def test_vmapped_few_chain_path_equals_member_loop(tiny_explorer, monkeypatch):
+    """A few chains run their active members in one vmapped call; same numbers as the loop."""
+    import tda.sampling as sampling
+    from tda.encoding import members_on, u0
+
+    ex = tiny_explorer
+    V = torch.stack([u0(ex.n), members_on([True, False, True, True, False, True])])
+    fast = ex.y(V, 4)
+    monkeypatch.setattr(sampling, "VMAP_MAX_CHAINS", 0)
+    slow = ex.y(V, 4)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-5)
