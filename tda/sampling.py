@@ -173,7 +173,7 @@ def _all_members_at_once(members) -> Callable | None:
 
     A few chains (the ensemble's sample, one counterfactual) are bound by per-call
     overhead; vmapping over stacked weights runs them ~4x faster on a CPU. None when the
-    members are not all one diffusers model class with one config.
+    members are not all one diffusers model class with one config, or use attention.
     """
     first = members[0]
     if (
@@ -182,6 +182,8 @@ def _all_members_at_once(members) -> Callable | None:
         or any(type(m) is not type(first) or _arch(m) != _arch(first) for m in members)
     ):
         return None
+    if any(type(mod).__name__ == "Attention" for mod in first.modules()):
+        return None  # attention under vmap is not supported by torch on CPU
     params, buffers = stack_module_state(list(members))
     base = copy.deepcopy(first).to("meta")
 
