@@ -26,7 +26,7 @@ import torch
 from . import TdaError
 from .api import Explorer
 from .encoding import phantom_codes, u0, without_codes
-from .index import build_index, search
+from .index import load_index, search
 
 METHODS = ("exact", "jacobian", "last-step", "individual", "individual-paper", "nearest")
 MAX_PHANTOMS = 512
@@ -228,7 +228,8 @@ def _last_step_residuals(explorer, seed, steps, codes, state) -> torch.Tensor:
 
 def _nearest(explorer: Explorer, sample: torch.Tensor) -> np.ndarray:
     images = explorer.run.images
-    d, rows = search(build_index(images), sample[None].numpy(), len(images))
+    index = load_index(explorer.run.path, images)  # the run's own FAISS index
+    d, rows = search(index, sample[None].numpy(), len(images))
     scores = np.empty(len(images), dtype=np.float32)
     scores[rows[0]] = -np.sqrt(np.maximum(d[0], 0.0))
     return scores
