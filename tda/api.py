@@ -8,6 +8,7 @@ live in `attribution.py` and take an Explorer.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -22,6 +23,7 @@ from .ensemble import Run, load_run
 from .sampling import DEFAULT_CHUNK, Chain, RecordedNoise, make_chain, record_noise, sample_chains
 
 MAX_SEED = 2**31 - 1
+MAX_CACHED_SAMPLES = 256  # per Explorer: a shared server must not grow without bound
 
 
 @dataclass
@@ -30,6 +32,7 @@ class Sample:
     steps: int
     noise: RecordedNoise
     sample: torch.Tensor  # [C, H, W] in [-1, 1]
+    trajectory: torch.Tensor  # x after every step [K+1, C, H, W], x_T first
 
 
 @dataclass
@@ -58,7 +61,7 @@ class Explorer:
         self.device = torch.device(device)
         self.chunk = chunk
         self._chain = lru_cache(maxsize=8)(lambda k: make_chain(self.run.scheduler, k))
-        self._samples: dict[tuple[int, int], Sample] = {}
+        self._samples: OrderedDict[tuple[int, int], Sample] = OrderedDict()
 
     @property
     def n(self) -> int:
@@ -95,17 +98,20 @@ class Explorer:
         )
 
     def sample(self, seed: int, steps: int | None = None) -> Sample:
-        """The full ensemble's sample (cached per seed and step count)."""
+        """The full ensemble's sample and its trajectory: one chain, cached (LRU) per seed."""
         key = (int(seed), self.steps(steps))
-        if key not in self._samples:
-            y = self.y(u0(self.n), seed, steps)[0]
-            self._samples[key] = Sample(key[0], key[1], self.noise(seed, steps), y)
+        if key in self._samples:
+            self._samples.move_to_end(key)
+        else:
+            y, traj = self.y(u0(self.n), seed, steps, trajectory=True)
+            self._samples[key] = Sample(key[0], key[1], self.noise(seed, steps), y[0], traj[:, 0])
+            while len(self._samples) > MAX_CACHED_SAMPLES:
+                self._samples.popitem(last=False)
         return self._samples[key]
 
     def trajectory(self, seed: int, steps: int | None = None) -> torch.Tensor:
         """x after every step of the full ensemble's chain: [K+1, C, H, W], x_T first."""
-        _, traj = self.y(u0(self.n), seed, steps, trajectory=True)
-        return traj[:, 0]
+        return self.sample(seed, steps).trajectory
 
     def member_samples(self, seed: int, steps: int | None = None) -> torch.Tensor:
         """Each member alone (v = e_i) with the same noise: [n, C, H, W]."""

@@ -208,8 +208,7 @@ def _individual(explorer, seed, steps, codes, method, progress):
 def _last_step(explorer, seed, steps, codes, method, progress):
     """Full ensemble until x_1, then each member's eps once, mixed per code in the last step."""
     chain = explorer.chain(steps)
-    _, traj = explorer.y(u0(explorer.n), seed, steps, trajectory=True, progress=progress)
-    x_prev = traj[-2]  # [1, C, H, W], before the final step
+    x_prev = explorer.trajectory(seed, steps)[-2][None]  # [1, C, H, W], before the last step
     t = chain.timesteps[-1]
     device = next(explorer.run.members[0].parameters()).device
     eps = torch.cat([m(x_prev.to(device), t).sample.cpu() for m in explorer.run.members])

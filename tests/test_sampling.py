@@ -189,3 +189,17 @@ def test_vmapped_few_chain_path_equals_member_loop(tiny_explorer, monkeypatch):
     monkeypatch.setattr(sampling, "VMAP_MAX_CHAINS", 0)
     slow = ex.y(V, 4)
     torch.testing.assert_close(fast, slow, rtol=0, atol=1e-5)
+
+
+def test_sample_and_trajectory_share_one_chain(tiny_run_dir, monkeypatch):
+    from tda.api import Explorer
+
+    ex = Explorer(tiny_run_dir)
+    calls = []
+    real_y = ex.y
+    monkeypatch.setattr(ex, "y", lambda *a, **k: calls.append(1) or real_y(*a, **k))
+    s = ex.sample(11)
+    traj = ex.trajectory(11)
+    assert len(calls) == 1
+    assert traj.shape[0] == len(ex.chain().timesteps) + 1
+    assert torch.equal(traj[-1], s.sample) and torch.equal(traj[0], s.noise.x_T)
