@@ -46,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-size", type=int, default=16)
     t.add_argument("--channels", type=int, default=1, choices=(1, 3))
     t.add_argument("--steps", type=int, default=2000, help="training steps per member")
-    t.add_argument("--init", default="shared", choices=("shared", "independent"))
+    t.add_argument("--init", default="shared", choices=("shared", "independent", "pretrained"),
+                   help="pretrained: members start from one base model trained on the "
+                        "dataset's images outside the training set (--pretrain-steps)")
+    t.add_argument("--pretrain-steps", type=int, default=0,
+                   help="init=pretrained: training steps of the base model")
+    t.add_argument("--pretrain-batch-size", type=int, default=64)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--channels-per-block", default="16,32,32",
@@ -143,7 +148,9 @@ def cmd_train(a: argparse.Namespace) -> int:
         model=ModelConfig(tuple(_int_list(a.channels_per_block, "--channels-per-block")),
                           attention=a.attention),
         ensemble=EnsembleConfig(a.members, h, a.seed),
-        train=TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, init=a.init, seed=a.seed),
+        train=TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, init=a.init, seed=a.seed,
+                          pretrain_steps=a.pretrain_steps,
+                          pretrain_batch_size=a.pretrain_batch_size),
         sample=SampleConfig(num_inference_steps=a.sample_steps),
     )
     t0 = time.time()

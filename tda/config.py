@@ -61,7 +61,9 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     warmup_steps: int = 100
-    init: str = "shared"  # shared | independent
+    init: str = "shared"  # shared | independent | pretrained
+    pretrain_steps: int = 0  # init="pretrained": steps of the base model on held-out images
+    pretrain_batch_size: int = 64
     seed: int = 0
     num_train_timesteps: int = 1000
     checkpoint_every: int = 250

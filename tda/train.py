@@ -5,7 +5,12 @@ the config it was started with), trains every unfinished member and writes the
 manifest and the FAISS index. Member i learns eps-prediction on the images whose
 bit i is 1. `init="shared"`: every member starts from the same weights and draws
 timesteps, noise and batch positions from the same random stream, so members differ
-only through their data; `init="independent"`: each member has its own seed.
+only through their data; `init="independent"`: each member has its own seed;
+`init="pretrained"`: first one *base* model is trained (`pretrain_steps`) on the
+dataset's held-out images, which no training image is among, and saved in `base/`;
+every member then starts from it with the shared random stream. Members are then
+small, data-driven departures from one common model, and the counterfactual "without
+image x" stays exact, since the base never saw x.
 
 Checkpoints (`checkpoints/NN.safetensors`: weights, Adam state, step, RNG state) are
 written atomically every `checkpoint_every` steps; re-running the same command resumes
@@ -34,6 +39,8 @@ from .index import build_index, save_index
 
 STARTED = "run_config.json"  # the config a run directory was started with
 CKPT_DIR = "checkpoints"
+BASE_DIR = "base"  # the pretrained starting point of every member (init="pretrained")
+INITS = ("shared", "independent", "pretrained")
 
 
 def make_scheduler(config: RunConfig) -> DDPMScheduler:
@@ -45,11 +52,14 @@ def make_scheduler(config: RunConfig) -> DDPMScheduler:
 
 def member_seed(config: RunConfig, i: int) -> int:
     t = config.train
-    if t.init == "shared":
-        return t.seed
+    if t.init not in INITS:
+        raise TdaError(f"init must be one of {', '.join(INITS)}, got {t.init!r}")
+    if (t.init == "pretrained") != (t.pretrain_steps > 0):
+        raise TdaError("init 'pretrained' needs pretrain_steps > 0, and only it uses them "
+                       f"(init={t.init!r}, pretrain_steps={t.pretrain_steps})")
     if t.init == "independent":
         return t.seed + 7919 * (i + 1)
-    raise TdaError(f"init must be 'shared' or 'independent', got {t.init!r}")
+    return t.seed
 
 
 def prepare_run(out: Path, config: RunConfig) -> None:
@@ -94,6 +104,12 @@ def train_run(
     n = config.ensemble.n_members
     pending = [i for i in range(n) if not member_dir(out, i).is_dir()]
     t0 = time.time()
+    if pending and config.train.init == "pretrained" and not (out / BASE_DIR).is_dir():
+        bar = _Bar("base", config.train.pretrain_steps, progress)
+        done = train_base(out, config, torch.get_num_threads(), stop_after, bar)
+        bar.close()
+        if not done:
+            return False
     if pending:
         workers = max(1, min(workers or (os.cpu_count() or 1), len(pending)))
         # torch's thread count honours OMP_NUM_THREADS and torch.set_num_threads
@@ -102,7 +118,7 @@ def train_run(
             before = torch.get_num_threads()
             try:
                 for i in pending:
-                    train_member(out, config, i, threads, stop_after, _Bar(i, config, progress))
+                    train_member(out, config, i, threads, stop_after, _Bar(i, config.train.steps, progress))
             finally:
                 torch.set_num_threads(before)  # leave the caller's setting as it was
         else:
@@ -136,42 +152,69 @@ def new_member(config: RunConfig, seed: int) -> UNet2DModel:
     return UNet2DModel(**config.model.unet_kwargs(d.image_size, d.channels))
 
 
+def base_data(config: RunConfig) -> torch.Tensor:
+    """The pretraining images: every image of the dataset that is not a training image."""
+    images, _ = load_images(config.data, held_out=True)
+    if len(images) == 0:
+        raise TdaError(f"dataset {config.data.dataset!r} has no images outside the training set "
+                       "to pretrain on; use --init shared")
+    return to_model_space(images)
+
+
+def train_base(out: Path, config: RunConfig, threads: int = 1,
+               stop_after: int | None = None, report=None) -> bool:
+    """Train the base model of an init="pretrained" run into `base/`, resumably."""
+    tc = config.train
+    model = new_member(config, tc.seed)
+    return _fit(model, base_data(config), config, tc.seed + 2, tc.pretrain_steps,
+                tc.pretrain_batch_size, out, Path(out) / BASE_DIR, threads, stop_after, report)
+
+
 def train_member(
     out: Path, config: RunConfig, i: int, threads: int = 1,
     stop_after: int | None = None, report=None,
 ) -> bool:
     """Train member i to `config.train.steps`, resuming from its checkpoint."""
-    torch.set_num_threads(threads)
     tc = config.train
     seed = member_seed(config, i)
-    data = member_data(out, i)
     model = new_member(config, seed)
+    if tc.init == "pretrained":
+        model.load_state_dict(load_file(str(Path(out) / BASE_DIR / "diffusion_pytorch_model.safetensors")))
+    return _fit(model, member_data(out, i), config, seed + 1, tc.steps, tc.batch_size,
+                out, member_dir(out, i), threads, stop_after, report)
+
+
+def _fit(model, data, config: RunConfig, seed: int, steps: int, batch_size: int, out: Path,
+         dest: Path, threads: int, stop_after: int | None, report) -> bool:
+    """Train `model` on `data` for `steps` steps into `dest` (save_pretrained), resuming
+    from `out/checkpoints/<dest name>.safetensors`; returns True once `dest` is written."""
+    torch.set_num_threads(threads)
+    tc = config.train
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(seed + 1)
+    gen = torch.Generator().manual_seed(seed)
     sched = make_scheduler(config)
-    ckpt = Path(out) / CKPT_DIR / f"{i:02d}.safetensors"
+    ckpt = Path(out) / CKPT_DIR / f"{dest.name}.safetensors"
     step = _load_checkpoint(ckpt, model, opt, gen) if ckpt.is_file() else 0
-    end = tc.steps if stop_after is None else min(tc.steps, step + stop_after)
+    end = steps if stop_after is None else min(steps, step + stop_after)
     model.train()
     while step < end:
-        loss = _train_step(model, opt, sched, data, gen, tc, step)
+        loss = _train_step(model, opt, sched, data, gen, tc, step, batch_size)
         step += 1
         if report is not None:
             report(step, loss)
         if step % tc.checkpoint_every == 0 or step == end:
             _save_checkpoint(ckpt, model, opt, gen, step)
-    if step < tc.steps:
+    if step < steps:
         return False
-    tmp = member_dir(out, i).with_name(f".{i:02d}.tmp")
+    tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.eval().save_pretrained(tmp, safe_serialization=True)
-    os.replace(tmp, member_dir(out, i))
+    os.replace(tmp, dest)
     ckpt.unlink(missing_ok=True)
     return True
 
 
-def _train_step(model, opt, sched, data, gen, tc, step) -> float:
-    B = tc.batch_size
+def _train_step(model, opt, sched, data, gen, tc, step, B) -> float:
     rows = (torch.rand(B, generator=gen) * len(data)).long()  # same stream for any subset size
     t = torch.randint(0, tc.num_train_timesteps, (B,), generator=gen)
     noise = torch.randn((B, *data.shape[1:]), generator=gen)
@@ -219,12 +262,13 @@ def _load_checkpoint(path: Path, model, opt, gen) -> int:
 class _Bar:
     """Progress of one member: a tqdm bar in this process."""
 
-    def __init__(self, i: int, config: RunConfig, show: bool, position: int = 0):
+    def __init__(self, i: int | str, total: int, show: bool, position: int = 0):
         self.bar = None
         if show:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=config.train.steps, desc=f"member {i:02d}", position=position,
+            name = i if isinstance(i, str) else f"member {i:02d}"
+            self.bar = tqdm(total=total, desc=name, position=position,
                             leave=True, dynamic_ncols=True)
 
     def __call__(self, step: int, loss: float) -> None:
@@ -263,7 +307,7 @@ def _train_parallel(out, config, pending, workers, threads, stop_after, progress
                                 args=(str(out), config.to_json(), i, threads, stop_after, queue))
                 p.start()
                 running[i] = p
-                bars[i] = _Bar(i, config, progress, position=len(bars))
+                bars[i] = _Bar(i, config.train.steps, progress, position=len(bars))
             _drain(queue, bars)
             for i, p in list(running.items()):
                 if not p.is_alive():

@@ -1,4 +1,5 @@
-"""Training: resumable to the bit, never redoing finished work, shared vs independent init."""
+"""Training: resumable to the bit, never redoing finished work, shared, independent and
+pretrained init."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from safetensors.torch import load_file
 from tda import TdaError
 from tda.config import DataConfig, EnsembleConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
 from tda.ensemble import MANIFEST, load_run, member_dir
-from tda.train import CKPT_DIR, STARTED, member_seed, new_member, train_run
+from tda.data import load_images, load_raw
+from tda.train import BASE_DIR, CKPT_DIR, STARTED, base_data, member_seed, new_member, train_run
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,3 +162,49 @@ def test_cli_training_stopped_and_resumed_matches_uninterrupted(tmp_path):
     assert train_run(ref, _cli_config(20), workers=1, progress=False)
     assert load_run(out).config == _cli_config(20)
     _assert_identical_members(out, ref, 6)
+
+
+def test_pretrained_init_starts_every_member_from_a_base_that_saw_no_training_image(tmp_path):
+    cfg = tiny_config(steps=0, init="pretrained", pretrain_steps=12, pretrain_batch_size=8)
+    out = tmp_path / "pre"
+    assert train_run(out, cfg, workers=1, progress=False)
+    base = load_file(str(out / BASE_DIR / WEIGHTS))
+    fresh = new_member(cfg, member_seed(cfg, 0)).state_dict()
+    assert any(not torch.equal(base[k], fresh[k]) for k in base if base[k].numel() > 1)
+    for i in range(6):
+        w = _weights(out, i)
+        assert all(torch.equal(base[k], w[k]) for k in base), f"member {i} does not start at base"
+    # the base's data is exactly the dataset minus the training rows: disjoint from them
+    raw, _ = load_raw("digits")
+    train, _ = load_images(cfg.data)
+    held = base_data(cfg)
+    assert len(held) + len(train) == len(raw)
+    train_set = {t.tobytes() for t in train}
+    held_u8 = load_images(cfg.data, held_out=True)[0]
+    overlap = sum(h.tobytes() in train_set for h in held_u8)
+    dupes_in_raw = len(raw) - len({r.tobytes() for r in raw})
+    assert overlap <= dupes_in_raw  # only images the dataset itself holds twice
+    load_run(out)  # base/ is hashed with the rest of the run
+
+
+def test_pretraining_resumes_to_the_same_bits(tmp_path):
+    cfg = tiny_config(steps=6, init="pretrained", pretrain_steps=12, pretrain_batch_size=8)
+    ref, out = tmp_path / "ref", tmp_path / "resumed"
+    assert train_run(ref, cfg, workers=1, progress=False)
+    assert train_run(out, cfg, workers=1, progress=False, stop_after=5) is False
+    assert int(load_file(str(out / CKPT_DIR / "base.safetensors"))["step"]) == 5
+    assert not (out / BASE_DIR).exists()
+    assert train_run(out, cfg, workers=1, progress=False) is True
+    a, b = load_file(str(out / BASE_DIR / WEIGHTS)), load_file(str(ref / BASE_DIR / WEIGHTS))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    _assert_identical_members(out, ref, 6)
+
+
+def test_pretrained_init_needs_pretrain_steps_and_others_refuse_them(tmp_path):
+    with pytest.raises(TdaError, match="pretrain_steps"):
+        train_run(tmp_path / "a", tiny_config(init="pretrained"), workers=1, progress=False)
+    with pytest.raises(TdaError, match="pretrain_steps"):
+        train_run(tmp_path / "b", tiny_config(pretrain_steps=5), workers=1, progress=False)
+    with pytest.raises(TdaError, match="init must be one of"):
+        train_run(tmp_path / "c", tiny_config(init="warm"), workers=1, progress=False)
+    assert not any(tmp_path.iterdir())
