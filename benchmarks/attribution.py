@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import pearsonr, spearmanr
+from scipy.stats import ks_2samp, pearsonr, spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -180,6 +180,9 @@ def noise_floor(run_dir: str, seeds: list[int], gallery: Path | None = None) -> 
         "median_phantom": float(np.median(np.concatenate(null))),
         "median_above_p99": med(above),
         "chance_above_p99": 0.01 * ex.run.N,
+        # if real scores were phantom-like, the largest of N would pass p99 this often
+        "chance_top1_above_p99": 1 - 0.99 ** ex.run.N,
+        "ks_pvalue": float(ks_2samp(np.concatenate(real), np.concatenate(null)).pvalue),
         "median_top1_ratio": med(ratio),
         "share_seeds_top1_above_p99": float(np.mean(np.asarray(ratio) > 1)),
         "median_top1_rms_change": med(rms),
@@ -271,8 +274,9 @@ def print_quality(r: dict) -> None:
         print("\n## Real vs phantom (exact)")
         print(
             "| run | init | N | median real | median phantom | above p99 (median) | chance |"
-            " top-1/p99 (median) | seeds top-1 > p99 | and visible (RMS >= 0.1) |"
-            "\n|---|---|---|---|---|---|---|---|---|---|"
+            " top-1/p99 (median) | seeds top-1 > p99 | by chance | and visible (RMS >= 0.1) |"
+            " KS p real vs phantom |"
+            "\n|---|---|---|---|---|---|---|---|---|---|---|---|"
         )
         for f in r["floor"]:
             print(
@@ -280,7 +284,9 @@ def print_quality(r: dict) -> None:
                 f"{f['median_phantom']:.3f} | {f['median_above_p99']:.0f} | "
                 f"{f['chance_above_p99']:.1f} | {f['median_top1_ratio']:.2f} | "
                 f"{100 * f['share_seeds_top1_above_p99']:.0f}% | "
-                f"{100 * f['share_seeds_above_p99_and_visible']:.0f}% |"
+                f"{100 * f.get('chance_top1_above_p99', float('nan')):.0f}% | "
+                f"{100 * f['share_seeds_above_p99_and_visible']:.0f}% | "
+                f"{f.get('ks_pvalue', float('nan')):.2g} |"
             )
 
 

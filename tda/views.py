@@ -271,17 +271,22 @@ def floor_finding(run_dir) -> tuple[str, str] | None:
 
     Read from the run's evaluation report (report/report.json, section noise_floor) or,
     failing that, from floor.json written by benchmarks/attribution.py. None when neither
-    exists. "weak" when real and phantom scores look alike (medians within 5%, or a
-    Kolmogorov-Smirnov p above 0.05) or the top-1 beats the phantom p99 on < 3 of 4 seeds.
+    exists. "ok" needs the top-1 image to beat the phantoms' 99th percentile on at least
+    3 of 4 seeds *and* more often than chance would: if real scores were phantom-like, the
+    largest of N would pass p99 with probability 1 - 0.99^N (47% at N = 64), so the count
+    of seeds must pass a one-sided binomial test at 5%.
     """
     import json
     from pathlib import Path
+
+    from scipy.stats import binomtest
 
     run_dir = Path(run_dir)
     f: dict | None = None
     report = run_dir / "report" / "report.json"
     if report.is_file():
-        nf = json.loads(report.read_text()).get("noise_floor") or {}
+        att = json.loads(report.read_text()).get("attribution") or {}
+        nf = att.get("noise_floor") or {}
         if "phantom_median" in nf:
             f = {
                 "share": nf["share_top1_above_p99"],
@@ -289,7 +294,7 @@ def floor_finding(run_dir) -> tuple[str, str] | None:
                 "real": nf["real_median"],
                 "phantom": nf["phantom_median"],
                 "seeds": len(nf["per_seed"]),
-                "ks_p": nf.get("ks_pvalue"),
+                "N": att["N"],
             }
     if f is None and (run_dir / "floor.json").is_file():
         fl = json.loads((run_dir / "floor.json").read_text())["floor"][0]
@@ -299,24 +304,32 @@ def floor_finding(run_dir) -> tuple[str, str] | None:
             "real": fl["median_real"],
             "phantom": fl["median_phantom"],
             "seeds": fl["n_seeds"],
-            "ks_p": None,
+            "N": fl["N"],
         }
     if f is None:
         return None
-    alike = abs(f["real"] - f["phantom"]) <= 0.05 * max(f["phantom"], 1e-9) or (
-        f["ks_p"] is not None and f["ks_p"] > 0.05
-    )
-    weak = alike or f["share"] < 0.75
+    chance = 1 - 0.99 ** f["N"]
+    hits = round(f["share"] * f["seeds"])
+    p = binomtest(hits, f["seeds"], chance, alternative="greater").pvalue
+    weak = f["share"] < 0.75 or p > 0.05
     text = (
         f"Measured on this run over {f['seeds']} seeds: the top-1 image beats the phantoms' "
-        f"99th percentile on {100 * f['share']:.0f}% of seeds (median top-1 / p99 = "
-        f"{f['ratio']:.2f}); median exact score of real images {f['real']:.3f} vs phantom "
+        f"99th percentile on {hits} of {f['seeds']} seeds (chance alone: "
+        f"{100 * chance:.0f}% of seeds; binomial p = {p:.2g}); median top-1 / p99 = "
+        f"{f['ratio']:.2f}; median exact score of real images {f['real']:.3f} vs phantom "
         f"codes {f['phantom']:.3f}."
     )
     if weak:
         text += (
-            " Real and phantom scores look alike: at this scale, switching to any other "
+            " That is no better than member noise: at this scale, switching to any other "
             "half of the members changes the sample about as much as removing an image, "
             "so a top-k here is mostly member noise. Read every score with its p-value."
+        )
+    else:
+        text += (
+            " The sample's most influential images rise above member noise: removing "
+            "one of them changes the sample more than switching to a random other half of "
+            "the members does. Lower-ranked images are mostly at the noise floor; read "
+            "each score with its p-value."
         )
     return ("weak" if weak else "ok"), text
