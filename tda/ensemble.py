@@ -4,7 +4,9 @@ Layout (file names are the constants below): the manifest `ensemble.json` holds 
 format version, the `RunConfig`, summary facts and the sha256 of every other file;
 `codes.safetensors` (B, N x n), `train.safetensors` (uint8 images and labels in code
 order), `scheduler/` (DDPMScheduler.save_pretrained), `members/NN/`
-(UNet2DModel.save_pretrained, safetensors), `index.faiss` + `index.json`.
+(UNet2DModel.save_pretrained, safetensors), `base/` (init="pretrained": the members'
+common start, trained on held-out images; hashed, not loaded), `index.faiss` +
+`index.json`.
 Loading checks every hash and shape and never unpickles.
 """
 
