@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--pretrain-steps", type=int, default=0,
                    help="init=pretrained: training steps of the base model")
     t.add_argument("--pretrain-batch-size", type=int, default=64)
+    t.add_argument("--replay", type=float, default=0.0,
+                   help="share of each member batch filled with held-out images (0 to <1)")
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--channels-per-block", default="16,32,32",
@@ -150,7 +152,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         ensemble=EnsembleConfig(a.members, h, a.seed),
         train=TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, init=a.init, seed=a.seed,
                           pretrain_steps=a.pretrain_steps,
-                          pretrain_batch_size=a.pretrain_batch_size),
+                          pretrain_batch_size=a.pretrain_batch_size, replay=a.replay),
         sample=SampleConfig(num_inference_steps=a.sample_steps),
     )
     t0 = time.time()

@@ -64,6 +64,7 @@ class TrainConfig:
     init: str = "shared"  # shared | independent | pretrained
     pretrain_steps: int = 0  # init="pretrained": steps of the base model on held-out images
     pretrain_batch_size: int = 64
+    replay: float = 0.0  # share of each member batch drawn from the held-out images
     seed: int = 0
     num_train_timesteps: int = 1000
     checkpoint_every: int = 250

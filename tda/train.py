@@ -10,7 +10,9 @@ only through their data; `init="independent"`: each member has its own seed;
 dataset's held-out images, which no training image is among, and saved in `base/`;
 every member then starts from it with the shared random stream. Members are then
 small, data-driven departures from one common model, and the counterfactual "without
-image x" stays exact, since the base never saw x.
+image x" stays exact, since the base never saw x. `replay` > 0 fills that share of
+every member batch with those held-out images too (all members alike), so a member
+keeps the common model's general skill while it learns its own images.
 
 Checkpoints (`checkpoints/NN.safetensors`: weights, Adam state, step, RNG state) are
 written atomically every `checkpoint_every` steps; re-running the same command resumes
@@ -57,6 +59,8 @@ def member_seed(config: RunConfig, i: int) -> int:
     if (t.init == "pretrained") != (t.pretrain_steps > 0):
         raise TdaError("init 'pretrained' needs pretrain_steps > 0, and only it uses them "
                        f"(init={t.init!r}, pretrain_steps={t.pretrain_steps})")
+    if not 0 <= t.replay < 1:
+        raise TdaError(f"replay must be in [0, 1), got {t.replay}")
     if t.init == "independent":
         return t.seed + 7919 * (i + 1)
     return t.seed
@@ -180,14 +184,17 @@ def train_member(
     model = new_member(config, seed)
     if tc.init == "pretrained":
         model.load_state_dict(load_file(str(Path(out) / BASE_DIR / "diffusion_pytorch_model.safetensors")))
+    replay = base_data(config) if tc.replay > 0 else None
     return _fit(model, member_data(out, i), config, seed + 1, tc.steps, tc.batch_size,
-                out, member_dir(out, i), threads, stop_after, report)
+                out, member_dir(out, i), threads, stop_after, report, replay)
 
 
 def _fit(model, data, config: RunConfig, seed: int, steps: int, batch_size: int, out: Path,
-         dest: Path, threads: int, stop_after: int | None, report) -> bool:
+         dest: Path, threads: int, stop_after: int | None, report,
+         replay: torch.Tensor | None = None) -> bool:
     """Train `model` on `data` for `steps` steps into `dest` (save_pretrained), resuming
-    from `out/checkpoints/<dest name>.safetensors`; returns True once `dest` is written."""
+    from `out/checkpoints/<dest name>.safetensors`; returns True once `dest` is written.
+    `replay`: images of which `round(config.train.replay * batch_size)` fill each batch."""
     torch.set_num_threads(threads)
     tc = config.train
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=0.0)
@@ -198,7 +205,7 @@ def _fit(model, data, config: RunConfig, seed: int, steps: int, batch_size: int,
     end = steps if stop_after is None else min(steps, step + stop_after)
     model.train()
     while step < end:
-        loss = _train_step(model, opt, sched, data, gen, tc, step, batch_size)
+        loss = _train_step(model, opt, sched, data, gen, tc, step, batch_size, replay)
         step += 1
         if report is not None:
             report(step, loss)
@@ -214,11 +221,16 @@ def _fit(model, data, config: RunConfig, seed: int, steps: int, batch_size: int,
     return True
 
 
-def _train_step(model, opt, sched, data, gen, tc, step, B) -> float:
-    rows = (torch.rand(B, generator=gen) * len(data)).long()  # same stream for any subset size
+def _train_step(model, opt, sched, data, gen, tc, step, B, replay=None) -> float:
+    n_replay = round(tc.replay * B) if replay is not None else 0
+    rows = (torch.rand(B - n_replay, generator=gen) * len(data)).long()  # same stream for any subset size
+    x0 = data[rows]
+    if n_replay:
+        more = (torch.rand(n_replay, generator=gen) * len(replay)).long()
+        x0 = torch.cat([x0, replay[more]])
     t = torch.randint(0, tc.num_train_timesteps, (B,), generator=gen)
     noise = torch.randn((B, *data.shape[1:]), generator=gen)
-    x_t = sched.add_noise(data[rows], noise, t)
+    x_t = sched.add_noise(x0, noise, t)
     for g in opt.param_groups:
         g["lr"] = tc.lr * min(1.0, (step + 1) / max(1, tc.warmup_steps))
     loss = torch.nn.functional.mse_loss(model(x_t, t).sample, noise)

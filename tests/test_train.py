@@ -187,8 +187,9 @@ def test_pretrained_init_starts_every_member_from_a_base_that_saw_no_training_im
     load_run(out)  # base/ is hashed with the rest of the run
 
 
-def test_pretraining_resumes_to_the_same_bits(tmp_path):
-    cfg = tiny_config(steps=6, init="pretrained", pretrain_steps=12, pretrain_batch_size=8)
+def test_pretraining_and_replay_resume_to_the_same_bits(tmp_path):
+    cfg = tiny_config(steps=6, init="pretrained", pretrain_steps=12, pretrain_batch_size=8,
+                      replay=0.5)
     ref, out = tmp_path / "ref", tmp_path / "resumed"
     assert train_run(ref, cfg, workers=1, progress=False)
     assert train_run(out, cfg, workers=1, progress=False, stop_after=5) is False
@@ -198,6 +199,12 @@ def test_pretraining_resumes_to_the_same_bits(tmp_path):
     a, b = load_file(str(out / BASE_DIR / WEIGHTS)), load_file(str(ref / BASE_DIR / WEIGHTS))
     assert all(torch.equal(a[k], b[k]) for k in a)
     _assert_identical_members(out, ref, 6)
+    # replay changes what members learn (half of each batch is held-out images)
+    plain = tmp_path / "no-replay"
+    cfg.train.replay = 0.0
+    assert train_run(plain, cfg, workers=1, progress=False)
+    k = "conv_in.weight"
+    assert not torch.equal(_weights(plain, 0)[k], _weights(ref, 0)[k])
 
 
 def test_pretrained_init_needs_pretrain_steps_and_others_refuse_them(tmp_path):
@@ -205,6 +212,8 @@ def test_pretrained_init_needs_pretrain_steps_and_others_refuse_them(tmp_path):
         train_run(tmp_path / "a", tiny_config(init="pretrained"), workers=1, progress=False)
     with pytest.raises(TdaError, match="pretrain_steps"):
         train_run(tmp_path / "b", tiny_config(pretrain_steps=5), workers=1, progress=False)
+    with pytest.raises(TdaError, match="replay must be in"):
+        train_run(tmp_path / "d", tiny_config(replay=1.0), workers=1, progress=False)
     with pytest.raises(TdaError, match="init must be one of"):
         train_run(tmp_path / "c", tiny_config(init="warm"), workers=1, progress=False)
     assert not any(tmp_path.iterdir())
