@@ -46,6 +46,10 @@ elif finding[0] == "weak":
     st.warning(
         "**Is attribution meaningful here? Mostly not.** " + finding[1], icon=":material/warning:"
     )
+elif finding[0] == "partly":
+    st.warning(
+        "**Is attribution meaningful here? Partly.** " + finding[1], icon=":material/info:"
+    )
 else:
     st.success("**Attribution rises above the noise floor on this run.** " + finding[1])
 

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from tda.api import Explorer
+from tda import views
 from tda.ensemble import load_run
 
 DEFAULT = Path(__file__).resolve().parents[1] / "assets" / "default"
@@ -57,4 +58,8 @@ def test_home_page_tells_whether_attribution_means_something(monkeypatch):
     shown = " ".join(w.value for w in at.warning) + " ".join(s.value for s in at.success)
     assert "phantoms' 99th percentile" in shown
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Training images N"] == "64" and metrics["Members n"] == "16"
+    run = load_run(DEFAULT)
+    assert metrics["Training images N"] == str(run.N) and metrics["Members n"] == "16"
+    level = views.floor_finding(DEFAULT)[0]
+    headline = {"ok": "rises above the noise floor", "partly": "Partly", "weak": "Mostly not"}[level]
+    assert headline in shown

@@ -95,6 +95,13 @@ def test_floor_finding_reads_report_then_floor_json(tmp_path):
     (tmp_path / "report" / "report.json").write_text(json.dumps(report))
     level, text = floor_finding(tmp_path)
     assert level == "ok" and "7 of 8 seeds" in text and "chance alone: 15%" in text
-    nf["share_top1_above_p99"] = 0.625  # 5 of 8: under 3 in 4
+    nf["share_top1_above_p99"] = 0.625  # 5 of 8: under 3 in 4, yet far above chance
+    (tmp_path / "report" / "report.json").write_text(json.dumps(report))
+    level, text = floor_finding(tmp_path)
+    assert level == "partly" and "5 of 8 seeds" in text
+    nf.update(share_top1_above_p99=0.125, ks_pvalue=0.6)  # 1 of 8, distributions alike
     (tmp_path / "report" / "report.json").write_text(json.dumps(report))
     assert floor_finding(tmp_path)[0] == "weak"
+    nf.update(ks_pvalue=1e-4)  # real scores measurably above phantom ones
+    (tmp_path / "report" / "report.json").write_text(json.dumps(report))
+    assert floor_finding(tmp_path)[0] == "partly"
