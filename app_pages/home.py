@@ -22,7 +22,7 @@ st.markdown(
 
 st.subheader(f"Loaded run: {ctx.label}")
 s = run.summary()
-cols = st.columns(7)
+cols = st.columns([1, 1, 1, 1, 1, 1, 1.6])
 cols[0].metric("Training images N", s["N"])
 cols[1].metric("Members n", s["n"])
 cols[2].metric("Code weight h", s["h"], help="How many members see each image.")
@@ -30,10 +30,19 @@ cols[3].metric("Dataset", s["dataset"])
 c_, h_, w_ = run.image_shape
 cols[4].metric("Image size", f"{h_}×{w_}", help=f"{c_} channel(s)")
 cols[5].metric("Sampling steps", s["steps"])
-cols[6].metric("Initialisation", s["init"], help="shared: members start from the same weights.")
+replay = run.config.train.replay
+cols[6].metric(
+    "Initialisation",
+    s["init"] + (" + replay" if replay else ""),
+    help="shared: members start from the same weights and random stream. independent: one "
+    "seed per member. pretrained: members start from one base model trained on the "
+    "dataset's images outside the training set. + replay: part of every member batch is "
+    "those held-out images, so members stay general models.",
+)
 st.caption(
     f"{s['train_steps']:,} training steps per member · "
-    f"{s['params_per_member']:,} parameters per member · {s['path']}"
+    + (f"{replay:.0%} of each member batch replayed from held-out images · " if replay else "")
+    + f"{s['params_per_member']:,} parameters per member · {s['path']}"
 )
 
 finding = views.floor_finding(run.path)

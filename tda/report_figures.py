@@ -220,10 +220,12 @@ def attributability_figure(nf: dict) -> go.Figure:
     )
     fig.add_hline(y=1, line_dash="dash", line_color=PHANTOM, annotation_text="phantom p99")
     share = nf["share_top1_above_p99"]
+    n_images = round(s[0]["expected_above"] / 0.01) if s and s[0].get("expected_above") else 0
+    chance = f" (chance alone: {1 - 0.99 ** n_images:.0%})" if n_images else ""
     return _layout(
         fig,
         f"Top-1 exact score / phantom p99, per seed<br><sup>above the noise floor on "
-        f"{share:.0%} of seeds</sup>",
+        f"{share:.0%} of seeds{chance}</sup>",
         xaxis_title="seed",
         yaxis_title="top-1 / phantom p99",
     )
