@@ -22,7 +22,7 @@ st.markdown(
 
 st.subheader(f"Loaded run: {ctx.label}")
 s = run.summary()
-cols = st.columns([1, 1, 1, 1, 1, 1, 1.6])
+cols = st.columns(4) + st.columns([1, 1, 2])
 cols[0].metric("Training images N", s["N"])
 cols[1].metric("Members n", s["n"])
 cols[2].metric("Code weight h", s["h"], help="How many members see each image.")
