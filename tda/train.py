@@ -110,8 +110,10 @@ def train_run(
     t0 = time.time()
     if pending and config.train.init == "pretrained" and not (out / BASE_DIR).is_dir():
         bar = _Bar("base", config.train.pretrain_steps, progress)
-        done = train_base(out, config, torch.get_num_threads(), stop_after, bar)
-        bar.close()
+        try:
+            done = train_base(out, config, torch.get_num_threads(), stop_after, bar)
+        finally:
+            bar.close()
         if not done:
             return False
     if pending:
