@@ -96,8 +96,10 @@ def speed(ex: Explorer, seed: int, naive_subset: int) -> dict:
     }
 
 
-def agreement(ex: Explorer, seeds: list[int], verify_m: int) -> dict:
-    per_seed, secs = [], {m: [] for m in ("exact", *APPROX, "verify")}
+def agreement(ex: Explorer, seeds: list[int], verify_m: int, methods=APPROX) -> dict:
+    if "jacobian" not in methods:
+        raise SystemExit("agreement needs jacobian among --methods (it screens the verified top-k)")
+    per_seed, secs = [], {m: [] for m in ("exact", *methods, "verify")}
     for seed in seeds:
         ex_att = attribute(ex, seed, "exact")
         secs["exact"].append(ex_att.seconds)
@@ -107,7 +109,7 @@ def agreement(ex: Explorer, seeds: list[int], verify_m: int) -> dict:
             "median_real": float(np.median(ex_att.scores)),
             "median_phantom": float(np.median(ex_att.null_scores)),
         }
-        for m in APPROX:
+        for m in methods:
             a = attribute(ex, seed, m)
             secs[m].append(a.seconds)
             row[m] = {
@@ -119,19 +121,26 @@ def agreement(ex: Explorer, seeds: list[int], verify_m: int) -> dict:
                 v = verify_topk(ex, a, m=verify_m)
                 secs["verify"].append(v.seconds)
                 row["verified_top10_equal"] = bool(list(v.order[:10]) == list(ex_att.order[:10]))
+                # the M a verified top-10 needs on this seed: the jacobian rank of the
+                # worst-placed exact top-10 image, plus one
+                rank = np.empty(len(a.order), dtype=np.int64)
+                rank[a.order] = np.arange(len(a.order))
+                row["m_needed"] = int(rank[ex_att.order[:10]].max()) + 1
         per_seed.append(row)
         print(
-            f"  seed {seed}: " + ", ".join(f"{m} rho={row[m]['spearman']:.2f}" for m in APPROX),
+            f"  seed {seed}: " + ", ".join(f"{m} rho={row[m]['spearman']:.2f}" for m in methods)
+            + f"; verified top-10 equal: {row['verified_top10_equal']}, M needed {row['m_needed']}",
             flush=True,
         )
     summary = {
         m: {k: med([r[m][k] for r in per_seed]) for k in ("spearman", "pearson", "top10")}
-        for m in APPROX
+        for m in methods
     }
     return {
         "per_seed": per_seed,
         "median": summary,
         "verified_top10_equal_share": float(np.mean([r["verified_top10_equal"] for r in per_seed])),
+        "m_needed": [r["m_needed"] for r in per_seed],
         "median_seconds": {m: med(v) for m, v in secs.items() if v},
     }
 
@@ -139,9 +148,9 @@ def agreement(ex: Explorer, seeds: list[int], verify_m: int) -> dict:
 VISIBLE_RMS = 0.1  # RMS change (model space [-1, 1]) that a person sees at a glance
 
 
-def noise_floor(run_dir: str, seeds: list[int], gallery: Path | None = None) -> dict:
+def noise_floor(run_dir: str, seeds: list[int], gallery: Path | None = None, **explorer) -> dict:
     """Exact scores of real images vs phantom codes; top-1 above p99 and visibly different."""
-    ex = Explorer(run_dir)
+    ex = Explorer(run_dir, **explorer)
     real, null, above, ratio, rms, tiles = [], [], [], [], [], []
     for seed in seeds:
         a = attribute(ex, seed, "exact")
@@ -259,6 +268,9 @@ def print_quality(r: dict) -> None:
             f"{100 * a['verified_top10_equal_share']:.0f}% of seeds; median "
             f"{a['median_seconds']['verify']:.1f} s"
         )
+        if "m_needed" in a:
+            need = sorted(a["m_needed"])
+            print(f"M that a verified top-10 needs, per seed (sorted): {need}")
         ps = a["per_seed"]
         print(
             "noise floor on these seeds: median real {:.3f}, median phantom {:.3f}, top-1 > p99 "
@@ -308,27 +320,36 @@ def main() -> None:
         help="PNG per floor run: sample, top-1 image, counterfactual, residual",
     )
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--methods", default=",".join(APPROX),
+                   help="approximations compared with exact (nearest needs faiss)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (agreement and floor only)")
+    p.add_argument("--chunk", type=int, default=None, help="chains per member call")
     a = p.parse_args()
+    if a.device != "cpu" and not a.skip_speed:
+        p.error("speed figures are for the CPU machine: add --skip-speed with --device")
+    explorer = {"device": a.device, **({"chunk": a.chunk} if a.chunk else {})}
     torch.set_num_threads(max(1, torch.get_num_threads()))
     seeds = [int(s) for s in np.random.default_rng(a.seed).integers(0, 2**31 - 1, a.seeds)]
-    ex = Explorer(a.run)
+    ex = Explorer(a.run, **explorer)
     report = {
         "run": a.run,
         "seeds": seeds,
         "verify_m": a.verify,
         "torch_threads": torch.get_num_threads(),
+        "device": a.device,
     }
     if not a.skip_speed:
         print("speed ...", flush=True)
         report["speed"] = speed(ex, seeds[0], a.naive_subset)
     if not a.skip_agreement:
         print("agreement ...", flush=True)
-        report["agreement"] = agreement(ex, seeds, a.verify)
+        report["agreement"] = agreement(ex, seeds, a.verify, a.methods.split(","))
     floor_seeds = [
         int(s) for s in np.random.default_rng(a.seed + 1).integers(0, 2**31 - 1, a.floor_seeds)
     ]
     report["floor"] = [
-        noise_floor(r, floor_seeds, a.gallery and a.gallery.with_name(f"{a.gallery.stem}_{k}.png"))
+        noise_floor(r, floor_seeds, a.gallery and a.gallery.with_name(f"{a.gallery.stem}_{k}.png"),
+                    **explorer)
         for k, r in enumerate(x for x in a.floor_runs.split(",") if x)
     ]
     print_report(report)

@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--workers", type=int, default=None, help="parallel processes (default: cores)")
     t.add_argument("--stop-after", type=int, default=None,
                    help="train at most this many more steps per member in this call")
+    t.add_argument("--device", default="cpu",
+                   help="cpu or cuda (the random stream stays on the CPU: resumes anywhere)")
     t.add_argument("--out", required=True, type=Path)
     t.set_defaults(func=cmd_train)
 
@@ -156,7 +158,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         sample=SampleConfig(num_inference_steps=a.sample_steps),
     )
     t0 = time.time()
-    done = train_run(a.out, config, workers=a.workers, stop_after=a.stop_after)
+    done = train_run(a.out, config, workers=a.workers, stop_after=a.stop_after, device=a.device)
     state = "finished" if done else "paused (re-run the same command to continue)"
     print(f"{a.out}: training {state} after {time.time() - t0:.1f} s")
     return 0

@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 
 from . import TdaError
 from .ensemble import INDEX, INDEX_META
+
+if TYPE_CHECKING:
+    import faiss
+
+
+def _faiss():
+    """faiss, imported on first use: training and sampling never touch the index."""
+    import faiss
+
+    return faiss
 
 
 def as_vectors(images: np.ndarray) -> np.ndarray:
@@ -29,13 +39,13 @@ def as_vectors(images: np.ndarray) -> np.ndarray:
 
 def build_index(images: np.ndarray) -> faiss.Index:
     vecs = as_vectors(images)
-    index = faiss.IndexFlatL2(vecs.shape[1])
+    index = _faiss().IndexFlatL2(vecs.shape[1])
     index.add(vecs)
     return index
 
 
 def save_index(run_dir: Path, index: faiss.Index) -> None:
-    faiss.write_index(index, str(Path(run_dir) / INDEX))
+    _faiss().write_index(index, str(Path(run_dir) / INDEX))
     meta = {"count": int(index.ntotal), "dim": int(index.d), "metric": "l2", "space": "[0,1]"}
     (Path(run_dir) / INDEX_META).write_text(json.dumps(meta, indent=2))
 
@@ -45,7 +55,7 @@ def load_index(run_dir: Path, images: np.ndarray) -> faiss.Index:
     path = Path(run_dir) / INDEX
     if not path.is_file():
         raise TdaError(f"run {run_dir}: {INDEX} is missing (python -m tda index --run DIR)")
-    index = faiss.read_index(str(path))
+    index = _faiss().read_index(str(path))
     dim = int(np.prod(images.shape[1:]))
     if index.ntotal != len(images) or index.d != dim:
         raise TdaError(f"run {run_dir}: {INDEX} holds {index.ntotal} vectors of size {index.d}, "

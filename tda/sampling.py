@@ -9,6 +9,7 @@ feeding each step the recorded z instead of fresh noise. Every view of the produ
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -143,19 +144,30 @@ def sample_chains(
     coef = [V[r, i].view(-1, 1, 1, 1) for i, r in enumerate(rows)]
     traj = [x.cpu()] if trajectory else None
     K = len(chain.timesteps)
-    for k in range(K):
-        t = chain.timesteps[k].to(device)
-        if every_member is not None:  # [m, B, C, H, W] -> weighted sum over active members
-            eps = torch.einsum("bm,mbchw->bchw", V[:, active], every_member(x, t))
-        else:
-            eps = _mixed_eps(members, x, t, rows, coef, chunk)
-        x = chain.step(k, x, eps, noise.noise[k].to(device))
-        if traj is not None:
-            traj.append(x.cpu())
-        if progress is not None:
-            progress(k + 1, K)
+    with _full_float32(device):
+        for k in range(K):
+            t = chain.timesteps[k].to(device)
+            if every_member is not None:  # [m, B, C, H, W] -> weighted sum over active members
+                eps = torch.einsum("bm,mbchw->bchw", V[:, active], every_member(x, t))
+            else:
+                eps = _mixed_eps(members, x, t, rows, coef, chunk)
+            x = chain.step(k, x, eps, noise.noise[k].to(device))
+            if traj is not None:
+                traj.append(x.cpu())
+            if progress is not None:
+                progress(k + 1, K)
     out = x.cpu()
     return (out, torch.stack(traj)) if traj is not None else out
+
+
+def _full_float32(device: torch.device):
+    """No TF32 in cuDNN convolutions (on by default on recent GPUs, ~1e-3 relative error):
+    exact counterfactuals must differ from the sample by the ablation, not by rounding."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    b = torch.backends.cudnn
+    return b.flags(enabled=b.enabled, benchmark=b.benchmark, deterministic=b.deterministic,
+                   allow_tf32=False)
 
 
 def _mixed_eps(members, x, t, rows, coef, chunk) -> torch.Tensor:

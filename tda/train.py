@@ -36,7 +36,16 @@ from . import TdaError
 from .config import RunConfig
 from .data import load_images, to_model_space
 from .encoding import check_code_params, make_codes
-from .ensemble import CODES, MANIFEST, SCHEDULER_DIR, TRAIN, member_dir, save_data, write_manifest
+from .ensemble import (
+    CODES,
+    MANIFEST,
+    SCHEDULER_DIR,
+    TRAIN,
+    check_device,
+    member_dir,
+    save_data,
+    write_manifest,
+)
 from .index import build_index, save_index
 
 STARTED = "run_config.json"  # the config a run directory was started with
@@ -97,13 +106,17 @@ def train_run(
     workers: int | None = None,
     progress: bool = True,
     stop_after: int | None = None,
+    device: str = "cpu",
 ) -> bool:
     """Train every unfinished member, then write index and manifest.
 
     `stop_after`: train at most this many more steps per member in this call (a
     time-boxed session); the run finishes on a later call. Returns True when done.
+    `device` ("cpu", "cuda", "cuda:1"): where the models train; the random stream
+    stays on the CPU, so checkpoints resume on any device.
     """
     out = Path(out)
+    device = str(check_device(device))  # a clear error before any work
     prepare_run(out, config)
     n = config.ensemble.n_members
     pending = [i for i in range(n) if not member_dir(out, i).is_dir()]
@@ -111,7 +124,7 @@ def train_run(
     if pending and config.train.init == "pretrained" and not (out / BASE_DIR).is_dir():
         bar = _Bar("base", config.train.pretrain_steps, progress)
         try:
-            done = train_base(out, config, torch.get_num_threads(), stop_after, bar)
+            done = train_base(out, config, torch.get_num_threads(), stop_after, bar, device)
         finally:
             bar.close()
         if not done:
@@ -124,11 +137,12 @@ def train_run(
             before = torch.get_num_threads()
             try:
                 for i in pending:
-                    train_member(out, config, i, threads, stop_after, _Bar(i, config.train.steps, progress))
+                    train_member(out, config, i, threads, stop_after,
+                                 _Bar(i, config.train.steps, progress), device)
             finally:
                 torch.set_num_threads(before)  # leave the caller's setting as it was
         else:
-            _train_parallel(out, config, pending, workers, threads, stop_after, progress)
+            _train_parallel(out, config, pending, workers, threads, stop_after, progress, device)
     if any(not member_dir(out, i).is_dir() for i in range(n)):
         return False
     save_index(out, build_index(load_file_np(out / TRAIN)["images"]))
@@ -168,17 +182,18 @@ def base_data(config: RunConfig) -> torch.Tensor:
 
 
 def train_base(out: Path, config: RunConfig, threads: int = 1,
-               stop_after: int | None = None, report=None) -> bool:
+               stop_after: int | None = None, report=None, device: str = "cpu") -> bool:
     """Train the base model of an init="pretrained" run into `base/`, resumably."""
     tc = config.train
     model = new_member(config, tc.seed)
     return _fit(model, base_data(config), config, tc.seed + 2, tc.pretrain_steps,
-                tc.pretrain_batch_size, out, Path(out) / BASE_DIR, threads, stop_after, report)
+                tc.pretrain_batch_size, out, Path(out) / BASE_DIR, threads, stop_after, report,
+                device=device)
 
 
 def train_member(
     out: Path, config: RunConfig, i: int, threads: int = 1,
-    stop_after: int | None = None, report=None,
+    stop_after: int | None = None, report=None, device: str = "cpu",
 ) -> bool:
     """Train member i to `config.train.steps`, resuming from its checkpoint."""
     tc = config.train
@@ -188,17 +203,20 @@ def train_member(
         model.load_state_dict(load_file(str(Path(out) / BASE_DIR / "diffusion_pytorch_model.safetensors")))
     replay = base_data(config) if tc.replay > 0 else None
     return _fit(model, member_data(out, i), config, seed + 1, tc.steps, tc.batch_size,
-                out, member_dir(out, i), threads, stop_after, report, replay)
+                out, member_dir(out, i), threads, stop_after, report, replay, device)
 
 
 def _fit(model, data, config: RunConfig, seed: int, steps: int, batch_size: int, out: Path,
          dest: Path, threads: int, stop_after: int | None, report,
-         replay: torch.Tensor | None = None) -> bool:
+         replay: torch.Tensor | None = None, device: str = "cpu") -> bool:
     """Train `model` on `data` for `steps` steps into `dest` (save_pretrained), resuming
     from `out/checkpoints/<dest name>.safetensors`; returns True once `dest` is written.
     `replay`: images of which `round(config.train.replay * batch_size)` fill each batch."""
     torch.set_num_threads(threads)
     tc = config.train
+    model.to(device)
+    data = data.to(device)
+    replay = None if replay is None else replay.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     sched = make_scheduler(config)
@@ -217,7 +235,7 @@ def _fit(model, data, config: RunConfig, seed: int, steps: int, batch_size: int,
         return False
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.eval().save_pretrained(tmp, safe_serialization=True)
+    model.eval().to("cpu").save_pretrained(tmp, safe_serialization=True)
     os.replace(tmp, dest)
     ckpt.unlink(missing_ok=True)
     return True
@@ -225,13 +243,15 @@ def _fit(model, data, config: RunConfig, seed: int, steps: int, batch_size: int,
 
 def _train_step(model, opt, sched, data, gen, tc, step, B, replay=None) -> float:
     n_replay = round(tc.replay * B) if replay is not None else 0
+    # the random stream is drawn on the CPU (`gen`), the same on every device
+    dev = data.device
     rows = (torch.rand(B - n_replay, generator=gen) * len(data)).long()  # same stream for any subset size
-    x0 = data[rows]
+    x0 = data[rows.to(dev)]
     if n_replay:
         more = (torch.rand(n_replay, generator=gen) * len(replay)).long()
-        x0 = torch.cat([x0, replay[more]])
-    t = torch.randint(0, tc.num_train_timesteps, (B,), generator=gen)
-    noise = torch.randn((B, *data.shape[1:]), generator=gen)
+        x0 = torch.cat([x0, replay[more.to(dev)]])
+    t = torch.randint(0, tc.num_train_timesteps, (B,), generator=gen).to(dev)
+    noise = torch.randn((B, *data.shape[1:]), generator=gen).to(dev)
     x_t = sched.add_noise(x0, noise, t)
     for g in opt.param_groups:
         g["lr"] = tc.lr * min(1.0, (step + 1) / max(1, tc.warmup_steps))
@@ -243,10 +263,10 @@ def _train_step(model, opt, sched, data, gen, tc, step, B, replay=None) -> float
 
 
 def _save_checkpoint(path: Path, model, opt, gen, step: int) -> None:
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     for pid, st in opt.state_dict()["state"].items():
         for k, v in st.items():
-            tensors[f"opt.{pid}.{k}"] = torch.as_tensor(v).contiguous()
+            tensors[f"opt.{pid}.{k}"] = torch.as_tensor(v).cpu().contiguous()
     tensors["rng"] = gen.get_state()
     tensors["step"] = torch.tensor(step)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -296,18 +316,19 @@ class _Bar:
             self.bar.close()
 
 
-def _worker(out: str, config_json: str, i: int, threads: int, stop_after, queue) -> None:
+def _worker(out: str, config_json: str, i: int, threads: int, stop_after, queue,
+            device: str = "cpu") -> None:
     config = RunConfig.from_json(config_json)
 
     def report(step: int, loss: float) -> None:
         if step % 10 == 0:
             queue.put((i, step, loss))
 
-    train_member(Path(out), config, i, threads, stop_after, report)
+    train_member(Path(out), config, i, threads, stop_after, report, device)
     queue.put((i, -1, 0.0))
 
 
-def _train_parallel(out, config, pending, workers, threads, stop_after, progress) -> None:
+def _train_parallel(out, config, pending, workers, threads, stop_after, progress, device) -> None:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     todo = list(pending)
@@ -318,7 +339,7 @@ def _train_parallel(out, config, pending, workers, threads, stop_after, progress
             while todo and len(running) < workers:
                 i = todo.pop(0)
                 p = ctx.Process(target=_worker, daemon=True,
-                                args=(str(out), config.to_json(), i, threads, stop_after, queue))
+                                args=(str(out), config.to_json(), i, threads, stop_after, queue, device))
                 p.start()
                 running[i] = p
                 bars[i] = _Bar(i, config.train.steps, progress, position=len(bars))

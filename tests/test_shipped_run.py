@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tda.api import Explorer
 from tda import views
+from tda.api import Explorer
 from tda.ensemble import load_run
 
 DEFAULT = Path(__file__).resolve().parents[1] / "assets" / "default"

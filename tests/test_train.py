@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 
 from tda import TdaError
 from tda.config import DataConfig, EnsembleConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
-from tda.ensemble import MANIFEST, load_run, member_dir
 from tda.data import load_images, load_raw
+from tda.ensemble import MANIFEST, load_run, member_dir
 from tda.train import BASE_DIR, CKPT_DIR, STARTED, base_data, member_seed, new_member, train_run
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
