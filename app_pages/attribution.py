@@ -10,7 +10,7 @@ from ui import render, state
 
 HELP = {
     "exact": "One chain per training image with the members that never saw it (exact, O(N)).",
-    "jacobian": "Linearise the sample in the member weights (2n chains), then every "
+    "jacobian": "Linearise the sample in the member weights (n + 1 chains), then every "
     "counterfactual is one matrix product.",
     "last-step": "Full ensemble until the last step; drop the image's members only there.",
     "individual": "Each member alone; residuals mixed with the centred weights u_-x − u0.",

@@ -14,6 +14,7 @@ the exact top-10; real vs phantom scores for each run in --floor-runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -26,8 +27,9 @@ from scipy.stats import ks_2samp, pearsonr, spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import tda.sampling  # noqa: E402
 from tda.api import Explorer  # noqa: E402
-from tda.attribution import attribute, exact_counterfactuals, verify_topk  # noqa: E402
+from tda.attribution import attribute, exact_counterfactuals, jacobian, verify_topk  # noqa: E402
 from tda.encoding import without_codes  # noqa: E402
 
 APPROX = ("jacobian", "last-step", "individual", "individual-paper", "nearest")
@@ -57,6 +59,39 @@ def raw_throughput(ex: Explorer, chunks=(16, 32, 64, 128, 256), repeats=5) -> di
     return out
 
 
+@torch.inference_mode()
+def raw_pair_throughput(ex: Explorer, chunks=(64, 128, 256), repeats=5) -> dict[int, float]:
+    """Evaluations per second of two members' forwards side by side, one thread each (the
+    way `sample_chains` shares member calls on a CPU with several threads)."""
+    pool = tda.sampling._cpu_pool()
+    if pool is None:
+        return {}
+    ms = ex.run.members[:2]
+    t = ex.chain().timesteps[len(ex.chain().timesteps) // 2]
+    out = {}
+    for c in chunks:
+        x = torch.randn(c, *ex.run.image_shape)
+
+        def both(x=x):
+            with torch.inference_mode():
+                return list(pool.map(lambda m: m(x, t), ms))
+
+        both()
+        out[c] = 2 * c / med([timed(both)[1] for _ in range(repeats)])
+    return out
+
+
+@contextlib.contextmanager
+def previous_defaults(ex: Explorer):
+    """The sampler as it was before the thread pool: one member call at a time, chunk 64."""
+    chunk, pool = ex.chunk, tda.sampling._cpu_pool
+    ex.chunk, tda.sampling._cpu_pool = 64, lambda: None
+    try:
+        yield
+    finally:
+        ex.chunk, tda.sampling._cpu_pool = chunk, pool
+
+
 def topk_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
     return len(set(np.argsort(-a)[:k]) & set(np.argsort(-b)[:k])) / k
 
@@ -67,6 +102,8 @@ def speed(ex: Explorer, seed: int, naive_subset: int) -> dict:
     ex.sample(seed)
     raw = raw_throughput(ex)
     best_chunk = max(raw, key=raw.get)
+    pair = raw_pair_throughput(ex)
+    best_raw = max([raw[best_chunk], *pair.values()])
     _, t_sweep = timed(lambda: exact_counterfactuals(ex, seed, None, codes))
     evals = float((without_codes(codes) != 0).sum()) * K
     growth = {}
@@ -75,6 +112,11 @@ def speed(ex: Explorer, seed: int, naive_subset: int) -> dict:
         growth[m] = timed(lambda m=m: exact_counterfactuals(ex, seed, None, codes[:m]))[1]
     growth[N] = t_sweep
     _, t_jac = timed(lambda: attribute(ex, seed, "jacobian", n_phantoms=0))
+    quarter = codes[: max(1, N // 4)]
+    with previous_defaults(ex):  # the same machine, the same moment: a fair before/after
+        _, t_sweep_before = timed(lambda: exact_counterfactuals(ex, seed, None, quarter))
+        _, t_jac_before = timed(lambda: jacobian(ex, seed, central=True))
+    _, t_sweep_quarter = timed(lambda: exact_counterfactuals(ex, seed, None, quarter))
     rows = list(range(min(naive_subset, N)))
     _, t_naive = timed(lambda: [ex.y(without_codes(codes[[r]]), seed) for r in rows])
     naive_full = t_naive / len(rows) * N
@@ -86,7 +128,12 @@ def speed(ex: Explorer, seed: int, naive_subset: int) -> dict:
         "best_chunk": best_chunk,
         "sweep_seconds": t_sweep,
         "sweep_evals_per_s": evals / t_sweep,
+        "raw_pair_evals_per_s": {str(k): round(v) for k, v in pair.items()},
         "throughput_vs_raw": evals / t_sweep / raw[best_chunk],
+        "throughput_vs_best_raw": evals / t_sweep / best_raw,
+        "before_sweep_quarter_seconds": t_sweep_before,
+        "after_sweep_quarter_seconds": t_sweep_quarter,
+        "before_jacobian_central_seconds": t_jac_before,
         "sweep_growth_seconds": {str(k): v for k, v in sorted(growth.items())},
         "jacobian_seconds": t_jac,
         "exact_over_jacobian": t_sweep / t_jac,
@@ -237,6 +284,16 @@ def print_speed(s: dict) -> None:
         f"\nexact sweep: {s['sweep_seconds']:.1f} s, {s['sweep_evals_per_s']:.0f} evals/s = "
         f"{100 * s['throughput_vs_raw']:.0f}% of the raw limit (chunk {s['best_chunk']})"
     )
+    if s.get("raw_pair_evals_per_s"):
+        print("two member calls side by side, one thread each: " + ", ".join(
+            f"chunk {c}: {v}" for c, v in s["raw_pair_evals_per_s"].items()) + " evals/s; "
+            f"sweep = {100 * s['throughput_vs_best_raw']:.0f}% of the best raw figure")
+    if "before_sweep_quarter_seconds" in s:
+        b, a = s["before_sweep_quarter_seconds"], s["after_sweep_quarter_seconds"]
+        bj = s["before_jacobian_central_seconds"]
+        print(f"before (one call at a time, chunk 64, central differences) vs now, same run: "
+              f"sweep of N/4 {b:.1f} s vs {a:.1f} s ({b / a:.2f}x); jacobian {bj:.2f} s vs "
+              f"{s['jacobian_seconds']:.2f} s ({bj / s['jacobian_seconds']:.2f}x)")
     print(
         "growth with N (exact sweep seconds): "
         + ", ".join(f"N={k}: {v:.1f}" for k, v in s["sweep_growth_seconds"].items())

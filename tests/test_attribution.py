@@ -85,6 +85,12 @@ def test_jacobian_matches_forward_mode_ad_and_small_exact_changes(linear_explore
     torch.testing.assert_close(y1 - y0, J @ dv, rtol=0, atol=0.02 * float((y1 - y0).abs().max()))
 
 
+def test_forward_and_central_differences_agree_on_a_multi_step_chain(tiny_explorer):
+    ex = tiny_explorer
+    fwd, central = jacobian(ex, SEED), jacobian(ex, SEED, central=True)
+    assert float((fwd - central).norm() / central.norm()) < 0.05
+
+
 def test_sweep_scores_equal_one_at_a_time_counterfactuals(tiny_explorer, exact_att):
     ex = tiny_explorer
     for row in range(ex.run.N):

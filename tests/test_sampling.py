@@ -102,6 +102,26 @@ def test_batched_chains_equal_chains_one_at_a_time(tiny_explorer):
     torch.testing.assert_close(small_chunks, batched, rtol=0, atol=1e-5)
 
 
+def test_threaded_member_calls_equal_one_thread(tiny_explorer):
+    """With several torch threads, member calls run in a pool of one-thread workers; the
+    chains must not change beyond float summation order, whatever the chunking."""
+    ex = tiny_explorer
+    V = _weight_batch(ex.run)
+    one = sample_chains(ex.run.members, V, ex.noise(4), ex.chain(), chunk=3)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        import tda.sampling
+
+        assert tda.sampling._cpu_pool() is not None
+        two = sample_chains(ex.run.members, V, ex.noise(4), ex.chain(), chunk=3)
+        again = sample_chains(ex.run.members, V, ex.noise(4), ex.chain(), chunk=3)
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(two, one, rtol=0, atol=1e-5)
+    assert torch.equal(two, again)  # the pool's split and summation order are fixed
+
+
 def test_full_ensemble_reproduces_the_original_sample_exactly(tiny_explorer, tiny_run_dir):
     from tda.api import Explorer
 
