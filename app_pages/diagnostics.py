@@ -150,11 +150,17 @@ m[2].metric(
     fmt(float(np.median(f["fd_members"])) if f.get("fd_members") else None),
     help=f"{FD_NAME}; each member sampled alone.",
 )
-m[3].metric(f"Samples with confidence ≥ {CONFIDENT}", fmt(f.get("confident_ensemble"), ".0%"))
+m[3].metric(
+    "Confident samples",
+    fmt(f.get("confident_ensemble"), ".0%"),
+    help=f"Share of the ensemble's samples that the classifier labels with confidence ≥ "
+    f"{CONFIDENT} (real images: {fmt(f.get('confident_real'), '.0%')}).",
+)
 m[4].metric(
-    "Seeds with top-1 > phantom p99",
+    "Top-1 > p99 seeds",
     fmt(nf.get("share_top1_above_p99"), ".0%"),
-    help="Exact scores: the best training image beats the 99th percentile of phantom codes.",
+    help="Exact scores: share of seeds where the best training image beats the 99th "
+    "percentile of phantom codes.",
 )
 
 # -- sections -----------------------------------------------------------------------------

@@ -57,8 +57,9 @@ def _layout(fig: go.Figure, title: str, **kw) -> go.Figure:
         title=title,
         template="plotly_white",
         height=kw.pop("height", 380),
-        margin=dict(l=50, r=20, t=100, b=50),
-        legend=dict(x=1, xanchor="right", y=1, yanchor="top", bgcolor="rgba(255,255,255,0.7)"),
+        margin=kw.pop("margin", dict(l=50, r=20, t=100, b=50)),
+        legend=kw.pop("legend", dict(x=1, xanchor="right", y=1, yanchor="top",
+                                     bgcolor="rgba(255,255,255,0.7)")),
         **kw,
     )
     return fig
@@ -246,6 +247,7 @@ def class_agreement_figure(c: dict) -> go.Figure:
         line_dash="dash",
         line_color=PHANTOM,
         annotation_text=f"chance {c['chance']:.1%}",
+        annotation_position="top left",
     )
     fig.update_yaxes(range=[0, 1], tickformat=".0%")
     return _layout(
@@ -257,39 +259,67 @@ def class_agreement_figure(c: dict) -> go.Figure:
 
 
 def by_n_figure(rows: list[dict]) -> go.Figure:
+    """Attributability of runs of one recipe at several N, against what chance gives."""
     fig = make_subplots(
         1,
         2,
         subplot_titles=("share of seeds with top-1 > phantom p99", "median top-1 / phantom p99"),
     )
-    text = [
-        f"{Path(r['path']).name}: n={r['n']}, {r['train_steps']} steps, {r['init']}" for r in rows
+    Ns = [r["N"] for r in rows]
+    lo, hi = min(Ns) / 1.6, max(Ns) * 1.6
+    hover = [
+        f"{Path(r['path']).name}<br>N={r['N']}, n={r['n']}, h={r['h']}, "
+        f"{r['train_steps']} steps, {r['init']} init" for r in rows
     ]
+    grid = np.geomspace(lo, hi, 60)
+    fig.add_trace(
+        go.Scatter(
+            x=grid,
+            y=1 - 0.99**grid,
+            mode="lines",
+            line=dict(dash="dash", color=PHANTOM),
+            name="chance: 1 − 0.99^N",
+            hovertemplate="N=%{x:.0f}: chance %{y:.0%}<extra></extra>",
+        ),
+        1,
+        1,
+    )
     for col, key in ((1, "share_top1_above_p99"), (2, "median_top1_ratio")):
         fig.add_trace(
             go.Scatter(
-                x=[r["N"] for r in rows],
+                x=Ns,
                 y=[r[key] for r in rows],
-                text=text,
+                text=[f"N={n}" for n in Ns],
+                customdata=hover,
                 mode="markers+text",
-                textposition="top center",
+                textposition="middle right",
                 marker=dict(size=12, color=ENSEMBLE),
-                showlegend=False,
+                name="runs of the recipe",
+                showlegend=col == 1,
+                hovertemplate="%{customdata}<br>%{y:.2f}<extra></extra>",
             ),
             1,
             col,
         )
-        fig.update_xaxes(title_text="training images N", type="log", row=1, col=col)
+        fig.update_xaxes(title_text="training images N", type="log",
+                         range=[np.log10(lo), np.log10(hi)], row=1, col=col)
     fig.add_hline(y=1, line_dash="dash", line_color=PHANTOM, row=1, col=2)
     fig.update_yaxes(range=[-0.05, 1.05], tickformat=".0%", row=1, col=1)
-    return _layout(fig, "Attributability vs training-set size")
+    return _layout(
+        fig,
+        "Attributability vs training-set size<br><sup>the same recipe at each N; above the "
+        "dashed line (left) the top-1 beats the phantoms more often than chance alone</sup>",
+        legend=dict(orientation="h", x=0, y=-0.3),
+        margin=dict(l=50, r=20, t=100, b=90),
+        height=420,
+    )
 
 
 def cost_figure(cost: dict) -> go.Figure:
     items = [(k, v) for k, v in cost.items() if k != "total" and v is not None]
     fig = go.Figure(
         go.Bar(
-            y=[k for k, _ in items],
+            y=[_cost_label(k) for k, _ in items],
             x=[v for _, v in items],
             orientation="h",
             marker_color=ENSEMBLE,
@@ -303,3 +333,12 @@ def cost_figure(cost: dict) -> go.Figure:
         xaxis_title="seconds",
         height=max(300, 28 * len(items) + 120),
     )
+
+
+def _cost_label(key: str) -> str:
+    """'attribution_per_seed.exact' -> 'one seed: exact'; 'compare.runs/x' -> 'compare: x'."""
+    if key.startswith("attribution_per_seed."):
+        return "one seed: " + key.split(".", 1)[1]
+    if key.startswith("compare."):
+        return "compare: " + Path(key.split(".", 1)[1]).name
+    return key.replace("_", " ")

@@ -7,6 +7,7 @@ Skips when Debian's chromium is not installed (`apt-get install chromium`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -52,6 +53,11 @@ PAGES = {
         ['[data-testid="stFileUploader"]', '[data-testid="stImage"] img'],
         ["Browse", "Nearest training images", "With an image of your own"],
     ),
+    "diagnostics": (  # the tiny run has no report: the page says how to make one
+        "Diagnostics",
+        ['[data-testid="stButton"]'],
+        ["No evaluation report for this run yet", "Recompute small version"],
+    ),
 }
 
 
@@ -61,18 +67,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_run_dir, tmp_path_factory):
+@contextlib.contextmanager
+def streamlit_server(log: Path, **env_vars):
+    """`streamlit run app.py` on a free port with `env_vars` set; yields its URL."""
     if not CHROMIUM.exists():
         pytest.skip("Debian chromium is not installed (apt-get install chromium)")
     port = _free_port()
     env = dict(
         os.environ,
-        TDA_RUNS=str(tiny_run_dir.parent),
-        TDA_ASSETS=str(tmp_path_factory.mktemp("no-assets")),
         OMP_NUM_THREADS="1",  # tiny models: two threads on a busy 2-core box are far slower
+        **env_vars,
     )
-    log = tmp_path_factory.mktemp("streamlit") / "server.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [
@@ -111,6 +116,17 @@ def server(tiny_run_dir, tmp_path_factory):
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run_dir, tmp_path_factory):
+    """The app on the tiny run (no assets)."""
+    with streamlit_server(
+        tmp_path_factory.mktemp("streamlit") / "server.log",
+        TDA_RUNS=str(tiny_run_dir.parent),
+        TDA_ASSETS=str(tmp_path_factory.mktemp("no-assets")),
+    ) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +214,23 @@ def test_seed_change_in_the_browser(server, page):
     page.get_by_role("heading", name="Training images no active member saw (1)").wait_for()
     wait_until_done(page)
     screenshot(page, "ablation_remove0.png")
+
+
+def test_diagnostics_of_the_shipped_run(page, tmp_path_factory):
+    """The shipped run's saved report, drawn: every figure renders, nothing raises."""
+    with streamlit_server(
+        tmp_path_factory.mktemp("streamlit-shipped") / "server.log",
+        TDA_RUNS=str(tmp_path_factory.mktemp("no-runs")),
+        TDA_ASSETS=str(ROOT / "assets"),
+    ) as url:
+        page.goto(f"{url}/diagnostics")
+        wait_until_done(page)
+        page.get_by_role("heading", name="Diagnostics").first.wait_for()
+        main = page.locator('[data-testid="stMain"]')
+        for text in ("FD ensemble", "Sample quality", "512 samples each"):
+            main.get_by_text(text).first.wait_for(state="visible")
+        main.locator('[data-testid="stPlotlyChart"]').nth(3).wait_for(state="visible")
+        wait_until_done(page)
+        assert not page.locator('[data-testid="stException"]').count()
+        assert main.locator('[data-testid="stPlotlyChart"]').count() >= 6
+        screenshot(page, "diagnostics_shipped.png")
