@@ -59,7 +59,6 @@ def raw_throughput(ex: Explorer, chunks=(16, 32, 64, 128, 256), repeats=5) -> di
     return out
 
 
-@torch.inference_mode()
 def raw_pair_throughput(ex: Explorer, chunks=(64, 128, 256), repeats=5) -> dict[int, float]:
     """Evaluations per second of two members' forwards side by side, one thread each (the
     way `sample_chains` shares member calls on a CPU with several threads)."""

@@ -193,7 +193,7 @@ def _mixed_eps(members, x, t, rows, coef, chunk) -> torch.Tensor:
     pool = _cpu_pool() if x.device.type == "cpu" and len(jobs) > 1 else None
     if pool is None:
         return run(jobs)
-    sizes = [len(rows[i][s : s + chunk]) for i, s in jobs]
+    sizes = [min(chunk, len(rows[i]) - s) for i, s in jobs]
     parts = list(pool.map(run, _balanced(jobs, sizes, torch.get_num_threads())))
     return functools.reduce(torch.add, parts)
 
