@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of each member batch filled with held-out images (0 to <1)")
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"),
+                   help="cosine: decay to 0 over the steps (helps members memorise)")
     t.add_argument("--channels-per-block", default="16,32,32",
                    help="UNet block_out_channels, comma separated")
     t.add_argument("--attention", action="store_true", help="attention in the lowest block")
@@ -152,7 +154,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         model=ModelConfig(tuple(_int_list(a.channels_per_block, "--channels-per-block")),
                           attention=a.attention),
         ensemble=EnsembleConfig(a.members, h, a.seed),
-        train=TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, init=a.init, seed=a.seed,
+        train=TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, lr_schedule=a.lr_schedule, init=a.init, seed=a.seed,
                           pretrain_steps=a.pretrain_steps,
                           pretrain_batch_size=a.pretrain_batch_size, replay=a.replay),
         sample=SampleConfig(num_inference_steps=a.sample_steps),

@@ -60,6 +60,7 @@ class TrainConfig:
     steps: int = 2000  # optimiser steps per member
     batch_size: int = 64
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # constant | cosine (decays to 0 at the last step)
     warmup_steps: int = 100
     init: str = "shared"  # shared | independent | pretrained
     pretrain_steps: int = 0  # init="pretrained": steps of the base model on held-out images

@@ -22,6 +22,7 @@ from them and never retrains a finished member (`members/NN/` exists).
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing as mp
 import os
 import shutil
@@ -52,6 +53,7 @@ STARTED = "run_config.json"  # the config a run directory was started with
 CKPT_DIR = "checkpoints"
 BASE_DIR = "base"  # the pretrained starting point of every member (init="pretrained")
 INITS = ("shared", "independent", "pretrained")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def make_scheduler(config: RunConfig) -> DDPMScheduler:
@@ -68,6 +70,8 @@ def member_seed(config: RunConfig, i: int) -> int:
     if (t.init == "pretrained") != (t.pretrain_steps > 0):
         raise TdaError("init 'pretrained' needs pretrain_steps > 0, and only it uses them "
                        f"(init={t.init!r}, pretrain_steps={t.pretrain_steps})")
+    if t.lr_schedule not in LR_SCHEDULES:
+        raise TdaError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {t.lr_schedule!r}")
     if not 0 <= t.replay < 1:
         raise TdaError(f"replay must be in [0, 1), got {t.replay}")
     if t.init == "independent":
@@ -225,7 +229,9 @@ def _fit(model, data, config: RunConfig, seed: int, steps: int, batch_size: int,
     end = steps if stop_after is None else min(steps, step + stop_after)
     model.train()
     while step < end:
-        loss = _train_step(model, opt, sched, data, gen, tc, step, batch_size, replay)
+        for g in opt.param_groups:
+            g["lr"] = learning_rate(tc, step, steps)
+        loss = _train_step(model, opt, sched, data, gen, tc, batch_size, replay)
         step += 1
         if report is not None:
             report(step, loss)
@@ -241,7 +247,16 @@ def _fit(model, data, config: RunConfig, seed: int, steps: int, batch_size: int,
     return True
 
 
-def _train_step(model, opt, sched, data, gen, tc, step, B, replay=None) -> float:
+def learning_rate(tc, step: int, steps: int) -> float:
+    """The learning rate of step `step` (0-based) of `steps`: linear warm-up, then
+    constant or a cosine decay that reaches 0 after the last step."""
+    lr = tc.lr * min(1.0, (step + 1) / max(1, tc.warmup_steps))
+    if tc.lr_schedule == "cosine":
+        lr *= 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
+    return lr
+
+
+def _train_step(model, opt, sched, data, gen, tc, B, replay=None) -> float:
     n_replay = round(tc.replay * B) if replay is not None else 0
     # the random stream is drawn on the CPU (`gen`), the same on every device
     dev = data.device
@@ -253,8 +268,6 @@ def _train_step(model, opt, sched, data, gen, tc, step, B, replay=None) -> float
     t = torch.randint(0, tc.num_train_timesteps, (B,), generator=gen).to(dev)
     noise = torch.randn((B, *data.shape[1:]), generator=gen).to(dev)
     x_t = sched.add_noise(x0, noise, t)
-    for g in opt.param_groups:
-        g["lr"] = tc.lr * min(1.0, (step + 1) / max(1, tc.warmup_steps))
     loss = torch.nn.functional.mse_loss(model(x_t, t).sample, noise)
     opt.zero_grad(set_to_none=True)
     loss.backward()

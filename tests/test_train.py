@@ -18,7 +18,16 @@ from tda import TdaError
 from tda.config import DataConfig, EnsembleConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
 from tda.data import load_images, load_raw
 from tda.ensemble import MANIFEST, load_run, member_dir
-from tda.train import BASE_DIR, CKPT_DIR, STARTED, base_data, member_seed, new_member, train_run
+from tda.train import (
+    BASE_DIR,
+    CKPT_DIR,
+    STARTED,
+    base_data,
+    learning_rate,
+    member_seed,
+    new_member,
+    train_run,
+)
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,4 +225,17 @@ def test_pretrained_init_needs_pretrain_steps_and_others_refuse_them(tmp_path):
         train_run(tmp_path / "d", tiny_config(replay=1.0), workers=1, progress=False)
     with pytest.raises(TdaError, match="init must be one of"):
         train_run(tmp_path / "c", tiny_config(init="warm"), workers=1, progress=False)
+    assert not any(tmp_path.iterdir())
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero_and_bad_names_are_refused(tmp_path):
+    tc = tiny_config(lr_schedule="cosine", warmup_steps=10).train
+    lrs = [learning_rate(tc, s, 100) for s in range(100)]
+    assert lrs[0] == pytest.approx(tc.lr / 10)  # warm-up
+    assert lrs[50] == pytest.approx(tc.lr * 0.5)  # half-way down the cosine
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False)) and lrs[-1] < 1e-3 * tc.lr
+    flat = tiny_config(warmup_steps=10).train
+    assert learning_rate(flat, 99, 100) == flat.lr
+    with pytest.raises(TdaError, match="lr_schedule must be one of"):
+        train_run(tmp_path / "e", tiny_config(lr_schedule="step"), workers=1, progress=False)
     assert not any(tmp_path.iterdir())
