@@ -25,38 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tda.config import DataConfig  # noqa: E402
 from tda.data import load_images, to_model_space  # noqa: E402
 from tda.encoding import make_codes, phantom_codes, u0, without_codes  # noqa: E402
+from tda.ideal import ideal_members  # noqa: E402
 from tda.sampling import make_chain, record_noise, sample_chains  # noqa: E402
-
-
-class _Out:
-    def __init__(self, sample):
-        self.sample = sample
-
-
-class IdealDenoiser(torch.nn.Module):
-    """eps(x_t, t) of the posterior mean of x0 under the empirical distribution of `images`."""
-
-    def __init__(self, images: torch.Tensor, alphas_cumprod: torch.Tensor):
-        super().__init__()
-        self.register_buffer("x", images.flatten(1))
-        self.register_buffer("ac", alphas_cumprod)
-        self.dummy = torch.nn.Parameter(torch.zeros(()))  # sample_chains reads .device from it
-
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> _Out:
-        a = self.ac[int(t)]
-        xt = x_t.flatten(1)
-        d2 = torch.cdist(xt, a.sqrt() * self.x).pow(2)
-        w = torch.softmax(-d2 / (2 * (1 - a)), dim=1)
-        x0 = w @ self.x
-        eps = (xt - a.sqrt() * x0) / (1 - a).sqrt()
-        return _Out(eps.view_as(x_t))
 
 
 def floor_at(N: int, n: int, h: int, seeds: list[int], phantoms: int, steps: int) -> dict:
     images = to_model_space(load_images(DataConfig("mnist", N, 16, 1, 0))[0])
     codes = make_codes(N, n, h, 0)
     sched = DDPMScheduler(num_train_timesteps=1000)
-    members = [IdealDenoiser(images[codes[:, i] == 1], sched.alphas_cumprod) for i in range(n)]
+    members = ideal_members(images, codes, sched.alphas_cumprod)
     chain = make_chain(sched, steps)
     null = phantom_codes(codes, min(phantoms, comb(n, h) - N))
     V = torch.cat([u0(n)[None], without_codes(codes), without_codes(null)])

@@ -20,7 +20,16 @@ import torch
 from . import TdaError
 from .encoding import members_on, u0, unseen_rows, without_rows
 from .ensemble import Run, load_run
-from .sampling import DEFAULT_CHUNK, Chain, RecordedNoise, make_chain, record_noise, sample_chains
+from .sampling import (
+    COMBINE_RULES,
+    DEFAULT_CHUNK,
+    Chain,
+    RecordedNoise,
+    make_chain,
+    record_noise,
+    sample_chains,
+    stack_noise,
+)
 
 MAX_SEED = 2**31 - 1
 MAX_CACHED_SAMPLES = 256  # per Explorer: a shared server must not grow without bound
@@ -55,13 +64,26 @@ class Explorer:
     """A run plus its chains and recorded noise; every method is y(V, eps) underneath."""
 
     def __init__(
-        self, run: Run | str | Path, device: str | torch.device = "cpu", chunk: int = DEFAULT_CHUNK
+        self,
+        run: Run | str | Path,
+        device: str | torch.device = "cpu",
+        chunk: int = DEFAULT_CHUNK,
+        combine: str | None = None,
     ):
         self.run = run if isinstance(run, Run) else load_run(run, device=device)
         self.device = torch.device(device)
         self.chunk = chunk
+        self.combine = self.run.config.sample.combine if combine is None else combine
+        if self.combine not in COMBINE_RULES:
+            raise TdaError(f"combine must be one of {', '.join(COMBINE_RULES)}, got {self.combine!r}")
         self._chain = lru_cache(maxsize=8)(lambda k: make_chain(self.run.scheduler, k))
         self._samples: OrderedDict[tuple[int, int], Sample] = OrderedDict()
+
+    def with_combine(self, combine: str | None) -> Explorer:
+        """This run's Explorer for another combination rule (same loaded members)."""
+        if combine is None or combine == self.combine:
+            return self
+        return Explorer(self.run, self.device, self.chunk, combine)
 
     @property
     def n(self) -> int:
@@ -94,7 +116,29 @@ class Explorer:
             self.chain(steps),
             chunk=self.chunk,
             progress=progress,
+            combine=self.combine,
             **kw,
+        )
+
+    def y_seeds(
+        self,
+        weights: torch.Tensor,
+        seeds: Sequence[int],
+        steps: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
+        """y(V, eps) where chain b has the recorded noise of `seeds[b]`: [B, C, H, W]."""
+        if len(seeds) != len(weights):
+            raise TdaError(f"{len(seeds)} seeds for {len(weights)} weight vectors")
+        noises = {s: self.noise(s, steps) for s in set(int(s) for s in seeds)}
+        return sample_chains(
+            self.run.members,
+            weights,
+            stack_noise([noises[int(s)] for s in seeds]),
+            self.chain(steps),
+            chunk=self.chunk,
+            progress=progress,
+            combine=self.combine,
         )
 
     def sample(self, seed: int, steps: int | None = None) -> Sample:

@@ -75,6 +75,7 @@ class TrainConfig:
 class SampleConfig:
     num_inference_steps: int = 50
     clip_sample: bool = True
+    combine: str = "mean"  # mean | mixture: how each step combines the members (sampling.py)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from . import TdaError
 
+COMBINE_RULES = ("mean", "mixture")  # how a step combines the active members (see module doc)
 DEFAULT_CHUNK = 256  # chains per member forward; measured best on 2 CPU cores (benchmarks/README.md)
 VMAP_MAX_CHAINS = 4  # up to this many chains: their active members in one vmapped call
 
@@ -48,13 +49,20 @@ class Chain:
     noise_std: list[torch.Tensor]
     clip: float | None
 
-    def step(self, k: int, x: torch.Tensor, eps: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """x_t -> x_{t-1} for step k (same operations as `DDPMScheduler.step`), z given."""
+    def mean(self, k: int, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """The posterior mean mu(x_t, t) of step k from a noise prediction (no noise added)."""
         x0 = (x - self.sqrt_beta_prod[k] * eps) / self.sqrt_alpha_prod[k]
         if self.clip is not None:
             x0 = x0.clamp(-self.clip, self.clip)
-        prev = self.x0_coeff[k] * x0 + self.xt_coeff[k] * x
-        if self.timesteps[k] > 0:
+        return self.x0_coeff[k] * x0 + self.xt_coeff[k] * x
+
+    def adds_noise(self, k: int) -> bool:
+        return bool(self.timesteps[k] > 0)
+
+    def step(self, k: int, x: torch.Tensor, eps: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """x_t -> x_{t-1} for step k (same operations as `DDPMScheduler.step`), z given."""
+        prev = self.mean(k, x, eps)
+        if self.adds_noise(k):
             prev = prev + self.noise_std[k] * z
         return prev
 
@@ -121,14 +129,21 @@ def sample_chains(
     chunk: int = DEFAULT_CHUNK,
     trajectory: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    combine: str = "mean",
+    record: dict | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """y(V, eps): final samples [B,C,H,W] of the chains of weight vectors V [B, n].
 
-    eps_v(x, t) = sum_i v_i eps_i(x, t). Member i runs, per step, only on the chains
-    where v_i != 0, in chunks of `chunk`. With `trajectory`, also returns x after
-    every step [K+1, B, C, H, W] (x_T first). `progress(k, K)` is called per step.
-    A batched noise (`stack_noise`, x_T [B,C,H,W]) gives chain b its own noise.
+    `combine="mean"`: eps_v(x, t) = sum_i v_i eps_i(x, t), one DDPM step with it.
+    `combine="mixture"`: see `MixtureRule`; V >= 0 are the members' prior weights.
+    Member i runs, per step, only on the chains where v_i != 0, in chunks of `chunk`.
+    With `trajectory`, also returns x after every step [K+1, B, C, H, W] (x_T first).
+    `progress(k, K)` is called per step. A batched noise (`stack_noise`, x_T [B,C,H,W])
+    gives chain b its own noise. `record` (a dict), under `mixture`, receives
+    "mixture_weights" [K, B, n]: the weights each step used.
     """
+    if combine not in COMBINE_RULES:
+        raise TdaError(f"combine must be one of {', '.join(COMBINE_RULES)}, got {combine!r}")
     if weights.ndim == 1:
         weights = weights[None]
     if weights.shape[1] != len(members):
@@ -146,20 +161,73 @@ def sample_chains(
     coef = [V[r, i].view(-1, 1, 1, 1) for i, r in enumerate(rows)]
     traj = [x.cpu()] if trajectory else None
     K = len(chain.timesteps)
+    mixture = MixtureRule(V, chain) if combine == "mixture" else None
     with _full_float32(device):
         for k in range(K):
             t = chain.timesteps[k].to(device)
-            if every_member is not None:  # [m, B, C, H, W] -> weighted sum over active members
-                eps = torch.einsum("bm,mbchw->bchw", V[:, active], every_member(x, t))
+            z = noise.noise[k].to(device)
+            if mixture is not None:  # every active member's own eps [n, B, C, H, W]
+                if every_member is not None:
+                    eps_all = torch.zeros(len(members), *x.shape, device=device)
+                    eps_all[active] = every_member(x, t)
+                else:
+                    eps_all = _member_eps(members, x, t, rows, chunk)
+                x = mixture.step(k, x, eps_all, z)
             else:
-                eps = _mixed_eps(members, x, t, rows, coef, chunk)
-            x = chain.step(k, x, eps, noise.noise[k].to(device))
+                if every_member is not None:  # [m, B, C, H, W] -> weighted sum over active
+                    eps = torch.einsum("bm,mbchw->bchw", V[:, active], every_member(x, t))
+                else:
+                    eps = _mixed_eps(members, x, t, rows, coef, chunk)
+                x = chain.step(k, x, eps, z)
             if traj is not None:
                 traj.append(x.cpu())
             if progress is not None:
                 progress(k + 1, K)
+    if mixture is not None and record is not None:
+        record["mixture_weights"] = torch.stack(mixture.history).cpu()
     out = x.cpu()
     return (out, torch.stack(traj)) if traj is not None else out
+
+
+class MixtureRule:
+    """One DDPM step with a *mixture* of the active members instead of their mean.
+
+    Every active member i proposes its own posterior mean mu_i(x_s, s), computed from
+    its own noise prediction exactly as `DDPMScheduler.step` would (clipping included).
+    The step is x_{s-1} = sum_i w_i mu_i + sigma_s z_s with z_s the recorded noise and
+    w = softmax(log v + l) over the active members (v the chain's weight vector, so a
+    uniform v starts uniform). After each noisy step, l_i += log N(x_{s-1}; mu_i,
+    sigma_s^2 I), up to a constant shared by all members: -|x_{s-1} - mu_i|^2 / 2 sigma_s^2.
+    w is then the posterior probability that member i's own chain made the trajectory so
+    far, so a sample follows what some members know (CDM, arXiv 2308.01937; SuperDiff,
+    arXiv 2412.17762) rather than a geometric blend of all. A member with v_i = 0 never
+    enters: an ablation stays exact. One member alone (v = e_i) is that member's chain.
+    """
+
+    def __init__(self, V: torch.Tensor, chain: Chain):
+        if (V < 0).any():
+            raise TdaError("the mixture rule needs non-negative member weights")
+        self.chain = chain
+        self.log_prior = torch.log(V.double())  # -inf where a member is off
+        self.loglik = torch.zeros_like(self.log_prior)
+        self.history: list[torch.Tensor] = []
+
+    def weights(self) -> torch.Tensor:
+        """w [B, n]: the members' weights in the next step (0 where off)."""
+        return torch.softmax(self.log_prior + self.loglik, dim=1)
+
+    def step(self, k: int, x: torch.Tensor, eps_all: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """x_s -> x_{s-1} from every member's eps [n, B, C, H, W] (ignored where off)."""
+        w = self.weights()
+        self.history.append(w.float())
+        mu = self.chain.mean(k, x[None], eps_all)  # [n, B, C, H, W]
+        prev = torch.einsum("bn,nbchw->bchw", w.to(mu.dtype), mu)
+        if self.chain.adds_noise(k):
+            prev = prev + self.chain.noise_std[k] * z
+            var = float(self.chain.noise_std[k]) ** 2
+            d2 = (prev[None] - mu).flatten(2).pow(2).sum(2).T.double()  # [B, n]
+            self.loglik = self.loglik - torch.where(self.log_prior.isfinite(), d2, 0.0) / (2 * var)
+        return prev
 
 
 def _full_float32(device: torch.device):
@@ -196,6 +264,27 @@ def _mixed_eps(members, x, t, rows, coef, chunk) -> torch.Tensor:
     sizes = [min(chunk, len(rows[i]) - s) for i, s in jobs]
     parts = list(pool.map(run, _balanced(jobs, sizes, torch.get_num_threads())))
     return functools.reduce(torch.add, parts)
+
+
+def _member_eps(members, x, t, rows, chunk) -> torch.Tensor:
+    """Every member's own eps [n, B, C, H, W] on its non-zero rows (zeros elsewhere),
+    in chunks, shared among the CPU pool's threads like `_mixed_eps`."""
+    out = torch.zeros(len(members), *x.shape, device=x.device)
+    jobs = [(i, s) for i, r in enumerate(rows) for s in range(0, len(r), chunk)]
+
+    def run(part) -> None:
+        with torch.no_grad():
+            for i, s in part:
+                r = rows[i][s : s + chunk]
+                out[i, r] = members[i](x[r], t).sample
+
+    pool = _cpu_pool() if x.device.type == "cpu" and len(jobs) > 1 else None
+    if pool is None:
+        run(jobs)
+    else:
+        sizes = [min(chunk, len(rows[i]) - s) for i, s in jobs]
+        list(pool.map(run, _balanced(jobs, sizes, torch.get_num_threads())))
+    return out
 
 
 def _balanced(jobs: list, sizes: list[int], k: int) -> list[list]:
