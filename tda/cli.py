@@ -1,4 +1,4 @@
-"""Command line: python -m tda {train,info,sample,counterfactual,attribute,evaluate} ...
+"""Command line: python -m tda {train,configure,info,sample,counterfactual,attribute,candidate,evaluate} ...
 
 Every command reads a run directory and writes safetensors. Errors a user can cause
 print one line (`error: ...`) and exit with status 2.
@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from . import TdaError
 from .config import DataConfig, EnsembleConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
+from .sampling import COMBINE_RULES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="UNet block_out_channels, comma separated")
     t.add_argument("--attention", action="store_true", help="attention in the lowest block")
     t.add_argument("--sample-steps", type=int, default=50, help="default inference steps")
+    t.add_argument("--combine", default="mean", choices=COMBINE_RULES,
+                   help="the run's default combination rule (mean: the paper's average of "
+                   "noise predictions; mixture: members weighted by how well each explains "
+                   "the trajectory)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--workers", type=int, default=None, help="parallel processes (default: cores)")
     t.add_argument("--stop-after", type=int, default=None,
@@ -70,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu or cuda (the random stream stays on the CPU: resumes anywhere)")
     t.add_argument("--out", required=True, type=Path)
     t.set_defaults(func=cmd_train)
+
+    cf = sub.add_parser("configure", help="change a finished run's sampling defaults")
+    cf.add_argument("--run", required=True, type=Path, help="run directory")
+    cf.add_argument("--combine", required=True, choices=COMBINE_RULES,
+                    help="the run's default combination rule")
+    cf.set_defaults(func=cmd_configure)
 
     i = sub.add_parser("info", help="validate a run and print its summary")
     _run_arg(i)
@@ -104,6 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--out", required=True, type=Path)
     at.set_defaults(func=cmd_attribute)
 
+    ca = sub.add_parser("candidate", help="is this sample attributable? the candidate-first "
+                        "test: ablate its nearest training image vs random ones")
+    _run_arg(ca)
+    ca.add_argument("--seed", default="0", help="seed(s) of the recorded noise: 3, 1,2,5 or 0-199")
+    ca.add_argument("--steps", type=int, default=None, help="inference steps (default: the run's)")
+    ca.add_argument("--controls", type=int, default=16, help="random training images ablated")
+    ca.add_argument("--phantoms", type=int, default=0, help="phantom codes ablated as well")
+    ca.add_argument("--out", type=Path, default=None, help="write the tests as JSON")
+    ca.set_defaults(func=cmd_candidate)
+
     ev = sub.add_parser("evaluate", help="evaluation report: FD in a classifier's features, "
                         "convergence, agreement with exact, noise floor (resumable)")
     _run_arg(ev)
@@ -122,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, type=Path, help="run directory")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--combine", default=None, choices=COMBINE_RULES,
+                   help="how each step combines the members (default: the run's)")
+
+
+def _explorer(a: argparse.Namespace):
+    from .api import Explorer
+
+    return Explorer(a.run, device=a.device, combine=a.combine)
 
 
 def _seed_steps(p: argparse.ArgumentParser) -> None:
@@ -157,12 +186,75 @@ def cmd_train(a: argparse.Namespace) -> int:
         train=TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, lr_schedule=a.lr_schedule, init=a.init, seed=a.seed,
                           pretrain_steps=a.pretrain_steps,
                           pretrain_batch_size=a.pretrain_batch_size, replay=a.replay),
-        sample=SampleConfig(num_inference_steps=a.sample_steps),
+        sample=SampleConfig(num_inference_steps=a.sample_steps, combine=a.combine),
     )
     t0 = time.time()
     done = train_run(a.out, config, workers=a.workers, stop_after=a.stop_after, device=a.device)
     state = "finished" if done else "paused (re-run the same command to continue)"
     print(f"{a.out}: training {state} after {time.time() - t0:.1f} s")
+    return 0
+
+
+def cmd_configure(a: argparse.Namespace) -> int:
+    from .train import set_sampling_defaults
+
+    config = set_sampling_defaults(a.run, combine=a.combine)
+    print(f"{a.run}: default combination rule is now {config.sample.combine}")
+    return 0
+
+
+def _seeds(text: str) -> list[int]:
+    """'3', '1,2,5' or '0-199' -> seeds."""
+    out: list[int] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        lo, _, hi = part.partition("-")
+        try:
+            out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+        except ValueError as e:
+            raise TdaError(f"--seed must be integers or ranges like 0-199, got {text!r}") from e
+    if not out:
+        raise TdaError("--seed needs at least one seed")
+    return out
+
+
+def cmd_candidate(a: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .candidate import candidate_tests, tar
+
+    ex = _explorer(a)
+    seeds = _seeds(a.seed)
+    t0 = time.time()
+    with tqdm(total=len(seeds), desc=f"candidate test ({ex.combine})", unit="sample",
+              dynamic_ncols=True, disable=len(seeds) == 1) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.n = done
+            bar.refresh()
+
+        tests = candidate_tests(ex, seeds, a.steps, a.controls, a.phantoms, progress)
+    seconds = time.time() - t0
+    for t in tests[:20]:
+        print(f"seed {t.seed}: nearest training image {t.candidate} "
+              f"(distance {t.candidate_distance:.2f}); ablating it "
+              f"{'changes' if t.changed else 'does not change'} the nearest image; "
+              f"{t.flip_rate:.0%} of {len(t.control_rows)} random ablations do; "
+              f"p = {t.p_value:.3g}: {t.verdict}")
+    summary = tar(tests) if len(tests) > 1 else None
+    if summary:
+        print(f"TAR {summary['tar']:.2f} (95% interval {summary['tar_low']:.2f}-"
+              f"{summary['tar_high']:.2f}) over {len(tests)} samples; P(change | candidate) "
+              f"{summary['p_change_candidate']:.2f}, P(change | random) "
+              f"{summary['p_change_random']:.2f}")
+    print(f"{len(tests)} samples in {seconds:.1f} s ({seconds / len(tests):.2f} s per sample)")
+    if a.out:
+        try:
+            a.out.parent.mkdir(parents=True, exist_ok=True)
+            a.out.write_text(json.dumps({"run": str(a.run), "combine": ex.combine, "tar": summary,
+                                         "seconds": seconds,
+                                         "tests": [t.summary() for t in tests]}, indent=2))
+        except OSError as e:
+            raise TdaError(f"cannot write {a.out}: {e}") from e
     return 0
 
 
@@ -175,9 +267,8 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 def cmd_sample(a: argparse.Namespace) -> int:
-    from .api import Explorer
 
-    ex = Explorer(a.run, device=a.device)
+    ex = _explorer(a)
     t0 = time.time()
     s = ex.sample(a.seed, a.steps)
     _save({"sample": s.sample, "x_T": s.noise.x_T, "noise": s.noise.noise,
@@ -187,9 +278,8 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
 
 def cmd_counterfactual(a: argparse.Namespace) -> int:
-    from .api import Explorer
 
-    ex = Explorer(a.run, device=a.device)
+    ex = _explorer(a)
     t0 = time.time()
     if a.exclude_members is not None:
         off = _int_list(a.exclude_members, "--exclude-members")
@@ -210,10 +300,9 @@ def cmd_counterfactual(a: argparse.Namespace) -> int:
 def cmd_attribute(a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .api import Explorer
     from .attribution import attribute, counterfactuals_for, verify_topk
 
-    ex = Explorer(a.run, device=a.device)
+    ex = _explorer(a)
     if a.top_k is not None and not 1 <= a.top_k <= ex.run.N:
         raise TdaError(f"--top-k must be between 1 and N={ex.run.N}")
     if a.verify is not None and not 1 <= a.verify <= ex.run.N:

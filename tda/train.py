@@ -158,6 +158,27 @@ def train_run(
     return True
 
 
+def set_sampling_defaults(run_dir: str | Path, combine: str | None = None) -> RunConfig:
+    """Change a finished run's sampling defaults (its config and manifest, re-hashed)."""
+    from .ensemble import load_run, read_manifest
+    from .sampling import COMBINE_RULES
+
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)  # refuses a damaged run before anything is written
+    config = run.config
+    if combine is not None:
+        if combine not in COMBINE_RULES:
+            raise TdaError(f"combine must be one of {', '.join(COMBINE_RULES)}, got {combine!r}")
+        config.sample.combine = combine
+    tmp = run_dir / (STARTED + ".tmp")
+    tmp.write_text(config.to_json())
+    os.replace(tmp, run_dir / STARTED)
+    old = read_manifest(run_dir)
+    fresh = write_manifest(run_dir, config)  # keeps what the old manifest added (stats, ...)
+    write_manifest(run_dir, config, {k: v for k, v in old.items() if k not in fresh})
+    return config
+
+
 def load_file_np(path: Path) -> dict:
     from safetensors.numpy import load_file as load_np
 

@@ -138,3 +138,33 @@ def test_errors_from_a_real_process_have_no_traceback(tiny_run_dir, tmp_path):
     assert p.stderr.strip().splitlines() == [p.stderr.strip()]
     assert p.stderr.startswith("error: ") and "Traceback" not in p.stderr
     assert "[7]" in p.stderr  # names the bad member
+
+
+def test_candidate_command_prints_verdicts_and_writes_tar(tiny_run_dir, tiny_explorer, tmp_path,
+                                                          capsys):
+    from tda.candidate import candidate_test
+
+    out = tmp_path / "cand.json"
+    argv = ["candidate", "--run", str(tiny_run_dir), "--seed", "0-2,5", "--controls", "4",
+            "--combine", "mixture", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "TAR" in printed and "s per sample" in printed
+    report = json.loads(out.read_text())
+    assert report["combine"] == "mixture" and [t["seed"] for t in report["tests"]] == [0, 1, 2, 5]
+    one = candidate_test(tiny_explorer.with_combine("mixture"), 5, controls=4)
+    assert report["tests"][3]["candidate"] == one.candidate
+    assert report["tests"][3]["flip_rate"] == pytest.approx(one.flip_rate)
+    assert -1 <= report["tar"]["tar"] <= 1
+
+
+def test_configure_sets_the_runs_default_rule(tiny_run_copy, capsys):
+    from tda.api import Explorer
+    from tda.ensemble import read_manifest
+
+    stats = read_manifest(tiny_run_copy).get("stats")
+    assert main(["configure", "--run", str(tiny_run_copy), "--combine", "mixture"]) == 0
+    assert Explorer(tiny_run_copy).combine == "mixture"  # loads: every hash still matches
+    assert read_manifest(tiny_run_copy).get("stats") == stats
+    assert main(["candidate", "--run", str(tiny_run_copy), "--seed", "x"]) == 2
+    assert "--seed must be" in capsys.readouterr().err
