@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--out", type=Path, default=None, help="write the tests as JSON")
     ca.set_defaults(func=cmd_candidate)
 
+    from .evaluate import PARTS
+
     ev = sub.add_parser("evaluate", help="evaluation report: FD in a classifier's features, "
                         "convergence, agreement with exact, noise floor (resumable)")
     _run_arg(ev)
@@ -136,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--compare-runs", default="", help="other run folders, comma separated")
     ev.add_argument("--classifier-steps", type=int, default=1500,
                     help="training steps of the run's classifier if it has none yet")
+    ev.add_argument("--tar-samples", type=int, default=200,
+                    help="samples (held-out seeds) in the candidate test, per rule")
+    ev.add_argument("--tar-controls", type=int, default=16,
+                    help="random training images ablated per sample in the candidate test")
+    ev.add_argument("--parts", default=",".join(PARTS),
+                    help="parts to compute now, comma separated (the rest as saved)")
     ev.set_defaults(func=cmd_evaluate)
     return p
 
@@ -338,7 +346,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from .evaluate import REPORT, EvalSizes, evaluate
 
     sizes = EvalSizes(a.samples, a.seeds, a.draws, tuple(_int_list(a.sizes, "--sizes")),
-                      a.classifier_steps)
+                      a.classifier_steps, a.tar_samples, a.tar_controls,
+                      tuple(p.strip() for p in a.parts.split(",") if p.strip()))
     out = a.out or a.run / "report"
     bars: dict[str, tqdm] = {}
 
@@ -358,9 +367,18 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     finally:
         for bar in bars.values():
             bar.close()
-    f, nf = report["fidelity"], report["attribution"]["noise_floor"]
-    print(f"{out / REPORT}: {time.time() - t0:.0f} s; FD in a classifier's features (not "
-          f"Inception FID): ensemble {f['fd_ensemble']:.3g}, members median "
-          f"{np.median(f['fd_members']):.3g}; top-1 above phantom p99 on "
-          f"{nf['share_top1_above_p99']:.0%} of {len(report['attribution']['seeds'])} seeds")
+    print(f"{out / REPORT}: {time.time() - t0:.0f} s"
+          f"{'' if report['complete'] else ' (partial: rerun with the other --parts)'}")
+    for rule, t in report.get("candidate", {}).get("rules", {}).items():
+        print(f"  candidate test ({rule}): TAR {t['tar']:.2f} ({t['tar_low']:.2f}-"
+              f"{t['tar_high']:.2f}) over {t['samples']} samples; random ablations change the "
+              f"sample {t['p_change_random']:.0%} of the time")
+    if "fidelity" in report:
+        f = report["fidelity"]
+        print(f"  FD in a classifier's features (not Inception FID): ensemble "
+              f"{f['fd_ensemble']:.3g}, members median {np.median(f['fd_members']):.3g}")
+    if "attribution" in report:
+        nf = report["attribution"]["noise_floor"]
+        print(f"  top-1 above phantom p99 on {nf['share_top1_above_p99']:.0%} of "
+              f"{len(report['attribution']['seeds'])} seeds")
     return 0

@@ -13,7 +13,10 @@ blocks of seeds and attributions per seed, under `out/cache/`):
   top-10 overlap) over several seeds;
 - noise floor and class agreement: real vs phantom exact scores, attributability per
   seed, how often the exact top-10 share the sample's class vs chance;
-- compare: the same noise-floor summary on other runs (attributability vs N);
+- candidate: the candidate-first test (`candidate.py`) on held-out seeds under both
+  combination rules: TAR / FAR with 95% bootstrap intervals, the continuous version,
+  per-sample flip rates, how often samples copy a training image;
+- compare: the same noise-floor and TAR summaries on other runs (attributability vs N);
 - cost: seconds of each part.
 """
 
@@ -35,6 +38,7 @@ from scipy.stats import ks_2samp
 from . import TdaError
 from .api import Explorer
 from .attribution import METHODS, Attribution, attribute
+from .candidate import candidate_tests, tar
 from .ensemble import MANIFEST
 from .metrics import (
     CLASSIFIER_DIR,
@@ -51,7 +55,7 @@ from .metrics import (
     spearman,
     topk_overlap,
 )
-from .sampling import sample_chains, stack_noise
+from .sampling import COMBINE_RULES, sample_chains, stack_noise
 
 FORMAT_VERSION = 1
 REPORT = "report.json"
@@ -62,6 +66,8 @@ TOP_K = 10
 HIST_BINS = 40
 
 Progress = Callable[[str, float, int], None] | None  # (what, done, total)
+PARTS = ("candidate", "fidelity", "convergence", "attribution", "compare")
+TAR_SEED0 = 100_000  # the candidate test's seeds: held out from the app's and the other parts'
 
 
 @dataclass
@@ -71,10 +77,18 @@ class EvalSizes:
     draws: int = 3  # random member subsets per sub-ensemble size
     sizes: tuple[int, ...] = (1, 2, 4, 8, 12)  # sub-ensemble sizes k; n is always added
     classifier_steps: int = 1500  # when the run has no classifier yet
+    tar_samples: int = 200  # samples of held-out seeds in the candidate test, per rule
+    tar_controls: int = 16  # random training images ablated per sample
+    parts: tuple[str, ...] = PARTS  # which parts to compute now (the others: as saved)
 
     def check(self) -> None:
         if self.samples < 2 or self.seeds < 1 or self.draws < 1 or not self.sizes:
             raise TdaError("need --samples >= 2, --seeds >= 1, --draws >= 1 and some --sizes")
+        if self.tar_samples < 2 or self.tar_controls < 1:
+            raise TdaError("need --tar-samples >= 2 and --tar-controls >= 1")
+        bad = set(self.parts) - set(PARTS)
+        if bad:
+            raise TdaError(f"unknown report parts {sorted(bad)}; choose from {', '.join(PARTS)}")
 
 
 def evaluate(
@@ -105,10 +119,15 @@ def evaluate(
         "classifier": {**clf.info, "path": str(clf.path)},
     }
 
-    def part(name: str, params: dict, fn: Callable[[], dict]) -> dict:
-        report[name] = cached_part(out, name, {**params, "run": fp, "clf": clf.sha256}, fn)
+    def part(name: str, params: dict, fn: Callable[[], dict]) -> dict | None:
+        params = {**params, "run": fp, "clf": clf.sha256}
+        if name not in sizes.parts:  # only what is already saved with these settings
+            fn = None
+        report[name] = cached_part(out, name, params, fn)
+        if report[name] is None:
+            del report[name]
         save_report(out, report)
-        return report[name]
+        return report.get(name)
 
     subs = subensembles(ex.n, sizes.sizes, sizes.draws)
     V, rows = weight_rows(ex.n, subs)
@@ -125,6 +144,8 @@ def evaluate(
             memo[row] = features(clf, samples()[0][row])
         return memo[row]
 
+    tar_params = {"samples": sizes.tar_samples, "controls": sizes.tar_controls}
+    part("candidate", tar_params, lambda: candidate_part(ex, sizes, progress))
     n = {"samples": sizes.samples, "sizes": list(sizes.sizes), "draws": sizes.draws}
     part("fidelity", n, lambda: fidelity(clf, *samples(), ex.n, real, real_f, feats_of,
                                          ex.run.images))  # fmt: skip
@@ -137,20 +158,22 @@ def evaluate(
             ex, clf, seeds, METHODS, out / CACHE_DIR / "attributions", fp, progress
         ),
     )
-    report["by_n"] = [by_n_entry(ex.run.summary(), summary)]
+    report["by_n"] = [by_n_entry(ex.run.summary(), summary, report.get("candidate"))]
     for path in compare_runs:
         name = f"compare-{_short_hash(str(Path(path).resolve()))}"
-        report["by_n"].append(
-            cached_part(
-                out,
-                name,
-                {"seeds": seeds, "path": str(Path(path).resolve())},
-                lambda path=path, name=name: compare_run(
-                    path, seeds, sizes, out / CACHE_DIR / name, str(ex.device), progress
-                ),
-            )
+        entry = cached_part(
+            out,
+            name,
+            {"seeds": seeds, "path": str(Path(path).resolve()), **tar_params},
+            None if "compare" not in sizes.parts else lambda path=path, name=name: compare_run(
+                path, seeds, sizes, out / CACHE_DIR / name, str(ex.device), progress
+            ),
         )
+        if entry is not None:
+            report["by_n"].append(entry)
         save_report(out, report)
+    if not all(p in report for p in ("candidate", "fidelity", "convergence", "attribution")):
+        return report  # a partial report: the parts asked for, saved; rerun for the rest
     report["cost_seconds"] = cost(report, clf)
     report["complete"] = True
     from .report_figures import write_figures
@@ -172,13 +195,16 @@ def _short_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def cached_part(out: Path, name: str, params: dict, fn: Callable[[], dict]) -> dict:
-    """The saved part `name` if it was computed with `params`, else compute and save it."""
+def cached_part(out: Path, name: str, params: dict, fn: Callable[[], dict] | None) -> dict | None:
+    """The saved part `name` if it was computed with `params`, else compute and save it
+    (`fn` None: only the saved one, or None)."""
     path = out / PARTS_DIR / f"{name}.json"
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("params") == params:
             return saved["result"]
+    if fn is None:
+        return None
     t0 = time.perf_counter()
     result = fn()
     result.setdefault("seconds", round(time.perf_counter() - t0, 2))
@@ -542,12 +568,40 @@ def compare_run(
     s = attribution_summary(
         ex, clf, seeds, ("exact",), cache, fingerprint(ex), progress, what=f"compare N={ex.run.N}"
     )
-    return by_n_entry(ex.run.summary(), s)
+    return by_n_entry(ex.run.summary(), s, candidate_part(ex, sizes, progress))
 
 
-def by_n_entry(run_summary: dict, s: dict) -> dict:
+def candidate_part(ex: Explorer, sizes: EvalSizes, progress: Progress) -> dict:
+    """The candidate test on `tar_samples` held-out seeds under each combination rule."""
+    seeds = list(range(TAR_SEED0, TAR_SEED0 + sizes.tar_samples))
+    out: dict = {"seeds": [seeds[0], seeds[-1]], "default_rule": ex.combine, "rules": {}}
+    for rule in (ex.combine, *[r for r in COMBINE_RULES if r != ex.combine]):
+        what = f"candidate test N={ex.run.N} ({rule})"
+        t0 = time.perf_counter()
+        tests = candidate_tests(
+            ex.with_combine(rule), seeds, controls=sizes.tar_controls,
+            progress=None if progress is None else lambda d, t, w=what: progress(w, d, t),
+        )
+        seconds = time.perf_counter() - t0
+        out["rules"][rule] = {
+            **tar(tests),
+            "seconds_per_sample": seconds / len(tests),
+            "per_sample": {k: [t.summary()[k] for t in tests]
+                           for k in ("candidate", "changed", "flip_rate", "p_value",
+                                     "effect_p_value", "candidate_distance", "verdict")},
+        }
+    return out
+
+
+def by_n_entry(run_summary: dict, s: dict | None, cand: dict | None = None) -> dict:
+    tar_by_rule = {r: {k: v for k, v in t.items() if k != "per_sample"}
+                   for r, t in (cand or {}).get("rules", {}).items()}
+    if s is None:  # the attribution part was not computed (yet)
+        return {**{k: run_summary[k] for k in ("path", "N", "n", "h", "train_steps", "init")},
+                "tar": tar_by_rule}
     nf = s["noise_floor"]
     return {
+        "tar": tar_by_rule,
         **{k: run_summary[k] for k in ("path", "N", "n", "h", "train_steps", "init")},
         "share_top1_above_p99": nf["share_top1_above_p99"],
         "median_top1_ratio": nf["median_top1_ratio"],

@@ -35,8 +35,9 @@ from tda.metrics import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-SIZES = EvalSizes(samples=40, seeds=2, draws=2, sizes=(1, 2, 4))  # two sample blocks
-SECTIONS = ("run", "classifier", "fidelity", "convergence", "attribution", "by_n", "cost_seconds")
+SIZES = EvalSizes(samples=40, seeds=2, draws=2, sizes=(1, 2, 4), tar_samples=4, tar_controls=3)
+# two sample blocks
+SECTIONS = ("run", "classifier", "candidate", "fidelity", "convergence", "attribution", "by_n", "cost_seconds")
 
 
 def fd_reference(a: np.ndarray, b: np.ndarray) -> float:
@@ -156,6 +157,12 @@ def test_evaluate_writes_a_complete_resumable_report(evaluated, capsys):
     assert len(a["noise_floor"]["per_seed"]) == 2 and "ks_statistic" in a["noise_floor"]
     assert 0 <= a["class_agreement"]["chance"] <= 1
     assert [r["path"] for r in saved["by_n"]] == [str(run), str(other)]
+    cand = saved["candidate"]
+    assert cand["default_rule"] == "mean" and set(cand["rules"]) == {"mean", "mixture"}
+    for t in cand["rules"].values():
+        assert t["samples"] == 4 and t["tar_low"] <= t["tar"] <= t["tar_high"]
+        assert len(t["per_sample"]["flip_rate"]) == 4 and t["seconds_per_sample"] > 0
+    assert all(set(r["tar"]) == {"mean", "mixture"} for r in saved["by_n"])
     assert saved["cost_seconds"]["total"] > 0
     for name in saved["figures"]:
         pio.from_json((run / "report" / f"{name}.json").read_text())
@@ -165,7 +172,8 @@ def test_evaluate_writes_a_complete_resumable_report(evaluated, capsys):
     parts = {p: p.stat().st_mtime_ns for p in (run / "report").rglob("*.safetensors")}
     parts |= {p: p.stat().st_mtime_ns for p in (run / "report" / "parts").iterdir()}
     argv = ["evaluate", "--run", str(run), "--samples", "40", "--seeds", "2", "--draws", "2",
-            "--sizes", "1,2,4", "--compare-runs", str(other)]  # fmt: skip
+            "--sizes", "1,2,4", "--compare-runs", str(other), "--tar-samples", "4",
+            "--tar-controls", "3"]  # fmt: skip
     assert main(argv) == 0
     assert "not Inception FID" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in parts} == parts
@@ -216,3 +224,17 @@ def test_diagnostics_page_without_report_explains_and_recomputes(
     assert not at.info and len(at.get("plotly_chart")) >= 6
     assert "Live small version" in " ".join(c.value for c in at.caption)
     assert not (tiny_run_dir / "report").exists() and not (tiny_run_dir / CLASSIFIER_DIR).exists()
+
+
+def test_evaluate_computes_only_the_parts_asked_for(tiny_run_dir, classifier_dir, tmp_path):
+    run = tmp_path / "tiny"
+    shutil.copytree(tiny_run_dir, run)
+    shutil.copytree(classifier_dir, run / CLASSIFIER_DIR)
+    sizes = EvalSizes(samples=40, seeds=2, draws=2, sizes=(1,), tar_samples=3, tar_controls=2,
+                      parts=("candidate",))
+    report = evaluate(run, run / "report", sizes)
+    assert not report["complete"] and "fidelity" not in report and "attribution" not in report
+    assert set(report["candidate"]["rules"]) == {"mean", "mixture"}
+    assert set(report["by_n"][0]["tar"]) == {"mean", "mixture"}
+    with pytest.raises(TdaError, match="unknown report parts"):
+        evaluate(run, run / "report", EvalSizes(parts=("everything",)))
