@@ -122,13 +122,15 @@ def candidate_tests(
     controls: int = DEFAULT_CONTROLS,
     phantoms: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    index=None,
 ) -> list[CandidateTest]:
     """The candidate test of the sample of every seed; chains of several samples run in
-    one batch. `progress(done, total)` counts samples."""
+    one batch. `progress(done, total)` counts samples. `index`: a FAISS index of the
+    training images (default: the run's saved one)."""
     seeds = [int(s) for s in seeds]
     steps = explorer.steps(steps)
     run = explorer.run
-    index = load_index(run.path, run.images)
+    index = load_index(run.path, run.images) if index is None else index
     null = phantom_codes(run.codes, phantoms) if phantoms else np.zeros((0, explorer.n), np.uint8)
     out: list[CandidateTest] = []
     for start in range(0, len(seeds), SAMPLES_PER_CALL):
