@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -151,7 +151,20 @@ def read_manifest(run_dir: Path) -> dict:
     missing = [k for k in MANIFEST_KEYS if k not in manifest]
     if missing or not isinstance(manifest["files"], dict):
         raise TdaError(f"{path} is corrupt: missing or bad {', '.join(missing) or 'files'}")
+    for rel in manifest["files"]:
+        if not inside(run_dir, rel):
+            raise TdaError(f"{path} names a file outside the run's folder ({rel!r}): "
+                           "refused; a run only lists its own files")
     return manifest
+
+
+def inside(run_dir: Path, rel: str) -> bool:
+    """`rel` is a relative path that stays inside `run_dir`, links resolved."""
+    p = PurePosixPath(rel)
+    if not rel or "\\" in rel or p.is_absolute() or ".." in p.parts:
+        return False
+    root = Path(run_dir).resolve()
+    return (root / p).resolve().is_relative_to(root)
 
 
 def verify_files(run_dir: Path, manifest: dict) -> None:

@@ -188,3 +188,28 @@ def test_tampered_file_loads_only_without_verification(tiny_run_copy):
     (tiny_run_copy / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(TdaError, match=CODES):
         load_run(tiny_run_copy, verify=False)
+
+
+@pytest.mark.parametrize("how", ["absolute", "dotdot", "symlink"])
+def test_manifest_naming_a_file_outside_the_run_is_refused(tiny_run_copy, how):
+    """An edited ensemble.json must not make the loader read (and hash) another file.
+
+    The outside file's hash is recorded correctly, so only the path check can refuse it.
+    """
+    from tda.ensemble import sha256
+
+    outside = tiny_run_copy.parent / "outside.txt"
+    outside.write_text("not part of the run")
+    rel = {
+        "absolute": str(outside),
+        "dotdot": "members/../../outside.txt",
+        "symlink": "linked.txt",
+    }[how]
+    if how == "symlink":
+        (tiny_run_copy / "linked.txt").symlink_to(outside)
+    manifest = json.loads((tiny_run_copy / MANIFEST).read_text())
+    manifest["files"][rel] = sha256(outside)
+    (tiny_run_copy / MANIFEST).write_text(json.dumps(manifest))
+    _refused(tiny_run_copy, MANIFEST, "outside the run's folder")
+    with pytest.raises(TdaError, match="outside the run's folder"):
+        load_run(tiny_run_copy, verify=False)
