@@ -1,23 +1,98 @@
-"""Streamlit entry point of the explorer: `streamlit run app.py`.
+"""Streamlit entry point of the explorer (`streamlit run app.py`), and its Home page.
 
-Each view is one thin page in app_pages/; the shared sidebar (run, seed) and the
-caches live in ui/. The folder is deliberately not called `pages/`: Streamlit treats a
-`pages/` folder as a v1 multipage app and, on a fresh server, runs a deep link such as
-/generate without this script (no st.navigation, no page config). Runs come from
-assets/ (the shipped one is assets/default) and from the folder in TDA_RUNS.
+Home: what the tool does, the loaded run, its code matrix, how a counterfactual works.
+The other views are Streamlit's native multipage `pages/` (URL /generate, /attribution,
+...); each page, this one included, starts with `ui.state.sidebar(title)`, which sets the
+page config, draws the navigation and the shared sidebar (run, seed, combination rule,
+all carried in the URL), so a deep link on a freshly started server shows the whole
+app. Runs come from assets/ (the shipped one is assets/default) and from the folder in
+TDA_RUNS.
 """
 
 import streamlit as st
 
-st.set_page_config(page_title="tda explorer", page_icon=":material/blur_on:", layout="wide")
+from tda import views
+from ui import nav, render, state
 
-PAGES = [
-    st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("app_pages/generate.py", title="Generate", icon=":material/auto_awesome:"),
-    st.Page("app_pages/attribution.py", title="Attribution", icon=":material/leaderboard:"),
-    st.Page("app_pages/ablation.py", title="Ablation lab", icon=":material/toggle_on:"),
-    st.Page("app_pages/training_set.py", title="Training set", icon=":material/photo_library:"),
-    st.Page("app_pages/diagnostics.py", title="Diagnostics", icon=":material/analytics:"),
-]
+ctx = state.sidebar("Home")
+run = ctx.run
 
-st.navigation(PAGES).run()
+st.title("Which training images made this sample?")
+st.markdown(
+    "This explorer asks which training images made a generated image, using an **encoded "
+    "ensemble** of diffusion models: every training image has a code that says which "
+    "members were trained on it. "
+    "Sampling again with only the members that never saw an image — with exactly the same "
+    "recorded noise — shows the sample *as if that image had never been in the training "
+    "set*, and the difference is that image's influence. "
+    "Scoring *phantom* codes (owned by no image) the same way measures the ensemble's own "
+    "noise, so you can see whether an influence rises above it."
+)
+
+st.subheader(f"Loaded run: {ctx.label}")
+s = run.summary()
+cols = st.columns(4) + st.columns([1, 1, 2])
+cols[0].metric("Training images N", s["N"])
+cols[1].metric("Members n", s["n"])
+cols[2].metric("Code weight h", s["h"], help="How many members see each image.")
+cols[3].metric("Dataset", s["dataset"])
+c_, h_, w_ = run.image_shape
+cols[4].metric("Image size", f"{h_}×{w_}", help=f"{c_} channel(s)")
+cols[5].metric("Sampling steps", s["steps"])
+replay = run.config.train.replay
+cols[6].metric(
+    "Initialisation",
+    s["init"] + (" + replay" if replay else ""),
+    help="shared: members start from the same weights and random stream. independent: one "
+    "seed per member. pretrained: members start from one base model trained on the "
+    "dataset's images outside the training set. + replay: part of every member batch is "
+    "those held-out images, so members stay general models.",
+)
+st.caption(
+    f"{s['train_steps']:,} training steps per member · "
+    + (f"{replay:.0%} of each member batch replayed from held-out images · " if replay else "")
+    + f"{s['params_per_member']:,} parameters per member"
+)
+
+finding = views.floor_finding(run.path)
+if finding is None:
+    st.info(
+        "No noise-floor measurement for this run yet: run `python -m tda evaluate --run "
+        f"{ctx.label}` (the run's folder) to learn whether its attributions rise above member noise."
+    )
+elif finding[0] == "weak":
+    st.warning(
+        "**Is attribution meaningful here? Mostly not.** " + finding[1], icon=":material/warning:"
+    )
+elif finding[0] == "partly":
+    st.warning("**Is attribution meaningful here? Partly.** " + finding[1], icon=":material/info:")
+else:
+    st.success("**Attribution rises above the noise floor on this run.** " + finding[1])
+
+st.plotly_chart(views.code_matrix_figure(run.codes, run.labels), key="codes")
+
+st.subheader("How a counterfactual works")
+code = run.codes[0]
+st.plotly_chart(views.counterfactual_diagram(code, 0), key="diagram")
+cf, _ = state.counterfactual(ctx.key, ctx.seed, tuple(bool(b) for b in code == 0), ctx.combine)
+c = st.columns([1, 1, 1, 1, 3])
+render.show(run.images[0], "training image #0", 128, c[0])
+render.show(cf.sample, f"sample (seed {ctx.seed})", 128, c[1])
+render.show(cf.counterfactual, "without image #0", 128, c[2])
+render.show_residual(cf.residual, "residual", 128, container=c[3])
+c[4].markdown(
+    f"The full ensemble averages all {run.n} members' noise predictions. Training image #0 "
+    f"was seen by members {', '.join(map(str, views.members_of(code)))}; switch them off, "
+    f"spread the weight over the {run.n - run.h} members that never saw it, and run the "
+    "chain again **with the same noise**. The residual is what image #0 contributed — plus "
+    "the quirks of the members that were switched off, which is why phantom codes (owned "
+    "by no image) measure the noise floor."
+)
+
+st.subheader("Where to go")
+c = st.columns(4)
+view = st.query_params.to_dict()
+nav.link("generate", "Generate a sample", c[0], view)
+nav.link("attribution", "Attribute it", c[1], view)
+nav.link("ablation", "Switch members off", c[2], view)
+nav.link("training_set", "Browse the training set", c[3], view)

@@ -15,6 +15,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tda import views
+from ui.nav import BY_URL
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 120
@@ -28,9 +29,10 @@ def app_env(tiny_run_dir, tmp_path, monkeypatch):
 
 
 def open_app(page: str | None = None) -> AppTest:
+    """Home, then the page at URL path `page` (e.g. "generate"), as a visitor clicks."""
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
     if page:
-        at.switch_page(f"app_pages/{page}.py").run()
+        at.switch_page(BY_URL[page].path).run()
     assert not at.exception, at.exception
     return at
 
@@ -83,7 +85,7 @@ def test_home_summarises_the_run(app_env):
     assert '"Heatmap"' in charts[0].proto.spec or '"heatmap"' in charts[0].proto.spec
     assert "Code matrix" in charts[0].proto.spec
     assert "without image #0" in charts[1].proto.spec
-    assert len(at.get("page_link")) == 4
+    assert len(at.get("page_link")) == 6 + 4  # the navigation, then "Where to go"
     assert captions(at) == [
         "training image #0",
         "sample (seed 0)",
@@ -114,7 +116,7 @@ def test_generate_shows_sample_trajectory_members_and_follows_the_seed(app_env, 
     assert at.subheader[0].value == "Sample of seed 3"
     assert images(at)[0].url != first  # another seed, another sample
 
-    at.switch_page("app_pages/ablation.py").run()  # the seed carries over to other pages
+    at.switch_page(BY_URL["ablation"].path).run()  # the seed carries over to other pages
     assert at.number_input(key="seed").value == 3
     assert captions(at)[0] == "full ensemble (seed 3)"
 
@@ -262,7 +264,7 @@ def test_training_set_browse_pick_and_search(app_env, tiny_explorer):
 
 def test_training_set_shows_influence_once_attributed(app_env):
     at = open_app("attribution")  # computes (or reuses) the jacobian scores for seed 0
-    at.switch_page("app_pages/training_set.py").run()
+    at.switch_page(BY_URL["training_set"].path).run()
     at.number_input(key="picked").set_value(9).run()
     text = " ".join(markdown(at))
     assert "Influence on the sample of seed 0 (jacobian): score **" in text
@@ -355,3 +357,154 @@ def test_attribution_compares_with_exact_on_request(app_env):
     rho = float(metrics(at)["Spearman ρ vs exact"])
     assert -1.0 <= rho <= 1.0 and len(at.get("plotly_chart")) == 2
     assert not [b for b in at.button if b.label == "Compute exact scores to compare"]
+
+
+# -- shareable views -----------------------------------------------------------------------
+
+
+def open_link(page: str, **params) -> AppTest:
+    """The page at URL path `page` opened from a link with query string `params`."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.query_params.update(params)
+    at.run()
+    if page:
+        at.switch_page(BY_URL[page].path).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_a_link_opens_its_view_and_the_url_follows(app_env):
+    label = f"{app_env.parent.name}/tiny"
+    at = open_link("generate", run="tiny", seed="3", combine="mixture")
+    assert at.selectbox(key="run").value == label
+    assert at.number_input(key="seed").value == 3
+    assert at.selectbox(key="combine").value == "mixture"
+    assert at.subheader[0].value == "Sample of seed 3" and not at.warning
+    assert at.query_params == {"run": label, "seed": "3", "combine": "mixture"}
+    mixture = images(at)[0].url
+
+    at.selectbox(key="combine").set_value("mean").run()
+    assert images(at)[0].url != mixture  # another rule, another sample, same noise
+    at.number_input(key="seed").set_value(4).run()
+    assert at.query_params == {"run": label, "seed": "4", "combine": "mean"}
+    links = [link.proto for link in at.get("page_link")]
+    assert all("seed=4" in link.query_string for link in links)  # every link shares the view
+
+    at.switch_page(BY_URL["ablation"].path).run()  # rule and seed carry over to other pages
+    assert at.selectbox(key="combine").value == "mean"
+    assert captions(at)[0] == "full ensemble (seed 4)"
+
+
+def test_the_rule_defaults_to_the_runs_own(app_env):
+    at = open_app("generate")
+    assert at.selectbox(key="combine").value == "mean"  # the tiny run's rule
+    assert at.selectbox(key="combine").options == ["mean", "mixture"]
+    assert "mixture: weight members" in at.selectbox(key="combine").help
+
+
+@pytest.mark.parametrize(
+    "params, warned",
+    [
+        ({"seed": "-1"}, "seed is not a whole number"),
+        ({"seed": "1e9"}, "seed is not a whole number"),
+        ({"seed": "99999999999"}, "seed is not a whole number"),
+        ({"run": "../../../etc/passwd"}, "a run this server does not have"),
+        ({"run": "x" * 10_000}, "a run this server does not have"),
+        ({"combine": "<img src=x onerror=alert(1)>"}, "rule is not one of mean, mixture"),
+    ],
+)
+def test_a_hostile_link_gets_a_message_and_the_default_view(app_env, params, warned):
+    at = open_link("", **params)  # the messages show on the link's page (Home here)
+    assert len(at.warning) == 1 and warned in at.warning[0].value
+    assert next(iter(params.values())) not in at.warning[0].value  # never repeated back
+    assert at.number_input(key="seed").value == 0 and at.selectbox(key="combine").value == "mean"
+    assert at.query_params == {"run": f"{app_env.parent.name}/tiny", "seed": "0", "combine": "mean"}
+    at.switch_page(BY_URL["generate"].path).run()
+    assert at.subheader[0].value == "Sample of seed 0" and not at.warning  # said once
+
+
+# -- a shared server: limits, no server paths, uploads ---------------------------------------
+
+
+def shown(at: AppTest) -> str:
+    """Everything the page sent to the browser (main area and sidebar), as text."""
+    out = []
+
+    def walk(node) -> None:
+        if getattr(node, "proto", None) is not None:
+            out.append(str(node.proto))
+        for child in getattr(node, "children", {}).values():
+            walk(child)
+
+    walk(at._tree)
+    return "\n".join(out)
+
+
+def assert_no_server_path(at: AppTest, *paths: Path) -> None:
+    text = shown(at)
+    for p in (ROOT, *paths):
+        assert str(p) not in text, f"{p} shown on the page"
+
+
+def test_no_page_shows_a_server_path(app_env, tiny_run_copy, tmp_path, monkeypatch):
+    base = app_env.parent.parent  # pytest's temporary root, above every run
+    for url in BY_URL:
+        at = open_app(url)
+        assert_no_server_path(at, base)
+    # Diagnostics with a saved report, and with a damaged one
+    monkeypatch.setenv("TDA_RUNS", str(tiny_run_copy.parent))
+    (tiny_run_copy / "report").mkdir()
+    (tiny_run_copy / "report" / "report.json").write_text('{"complete": true}')
+    at = open_app("diagnostics")
+    assert "Saved report: `report/report.json` of run" in " ".join(c.value for c in at.caption)
+    assert_no_server_path(at, base)
+    (tiny_run_copy / "report" / "report.json").write_text("{not json")
+    at = open_app("diagnostics")
+    assert "it is damaged" in at.error[0].value
+    assert_no_server_path(at, base)
+
+
+def test_a_broken_run_names_the_file_not_the_server_path(tiny_run_copy, tmp_path, monkeypatch):
+    (tiny_run_copy / "members" / "03" / "config.json").unlink()
+    monkeypatch.setenv("TDA_RUNS", str(tiny_run_copy.parent))
+    monkeypatch.setenv("TDA_ASSETS", str(tmp_path / "no-assets"))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert "members/03/config.json" in at.error[0].value and "missing" in at.error[0].value
+    assert f"run **{tiny_run_copy.parent.name}/tiny**" in at.error[0].value.replace(
+        "Cannot open ", ""
+    )
+    assert_no_server_path(at, tmp_path)
+
+
+def test_operator_limits_apply(app_env, monkeypatch):
+    monkeypatch.setenv("TDA_MAX_TOPK", "5")
+    at = open_app("attribution")
+    assert at.slider(key="topk").max == 5 and at.slider(key="topk").value == 5
+    monkeypatch.setenv("TDA_MAX_STEPS", "5")  # the tiny run samples with 10
+    at = open_app()
+    assert "samples with 10 steps; this server runs at most 5" in at.error[0].value
+    assert not at.metric
+
+
+def _with_header_size(data: bytes, width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    ihdr = bytearray(data[8:33])
+    ihdr[8:16] = struct.pack(">II", width, height)
+    ihdr[21:25] = struct.pack(">I", zlib.crc32(bytes(ihdr[4:21])))
+    return data[:8] + bytes(ihdr) + data[33:]
+
+
+def test_uploads_refuse_bombs_and_truncated_files(app_env, tiny_explorer):
+    at = open_app("training_set")
+    image = _png(tiny_explorer.run.images[3], size=64)
+    bomb = _with_header_size(image, 60_000, 60_000)  # 3.6e9 pixels in a 300-byte file
+    at.file_uploader(key="upload").set_value(("bomb.png", bomb, "image/png")).run()
+    assert not at.exception
+    assert "more pixels than this app opens" in at.error[0].value
+    at.file_uploader(key="upload").set_value(("cut.png", image[: len(image) // 2], "image/png"))
+    at.run()
+    assert not at.exception and "truncated" in at.error[0].value
+    assert "your image, converted" not in captions(at)

@@ -1,8 +1,11 @@
 """The explorer in a real browser: `streamlit run app.py` driven by Playwright + Chromium.
 
-Opens every page on the tiny run, waits until Streamlit has finished running, checks
-the page's key elements and saves a full-page screenshot to tests/screenshots/.
-Skips when Debian's chromium is not installed (`apt-get install chromium`).
+Opens every page on the tiny run by its URL on a freshly started server (a deep link is
+a session's first request, the case Streamlit once ran without app.py's navigation),
+waits until Streamlit has finished running, checks the navigation, the page config,
+the shared sidebar and the page's key elements, and saves a full-page screenshot to
+tests/screenshots/. Then shareable URLs on one server: read, kept in sync, refused
+when hostile. Skips when Debian's chromium is not installed (`apt-get install chromium`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "tests" / "screenshots"
 START_TIMEOUT = 60
 PAGE_TIMEOUT_MS = 120_000
+
+NAV = ("Home", "Generate", "Attribution", "Ablation lab", "Training set", "Diagnostics")
 
 # url path -> (title shown, selectors that must exist, text that must show)
 PAGES = {
@@ -119,29 +124,44 @@ def streamlit_server(log: Path, **env_vars):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_run_dir, tmp_path_factory):
+def tiny_env(tiny_run_dir, tmp_path_factory) -> dict[str, str]:
     """The app on the tiny run (no assets)."""
-    with streamlit_server(
-        tmp_path_factory.mktemp("streamlit") / "server.log",
-        TDA_RUNS=str(tiny_run_dir.parent),
-        TDA_ASSETS=str(tmp_path_factory.mktemp("no-assets")),
-    ) as url:
+    return {
+        "TDA_RUNS": str(tiny_run_dir.parent),
+        "TDA_ASSETS": str(tmp_path_factory.mktemp("no-assets")),
+    }
+
+
+@pytest.fixture(scope="module")
+def server(tiny_env, tmp_path_factory):
+    """One server for the tests that need no fresh one."""
+    with streamlit_server(tmp_path_factory.mktemp("streamlit") / "server.log", **tiny_env) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser():
     from playwright.sync_api import sync_playwright
 
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
     with sync_playwright() as p:
-        browser = p.chromium.launch(
+        b = p.chromium.launch(
             executable_path=str(CHROMIUM),
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
         )
-        pg = browser.new_page(viewport={"width": 1400, "height": 900})
-        pg.set_default_timeout(PAGE_TIMEOUT_MS)
-        yield pg
-        browser.close()
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A new browser context per test: its own Streamlit session, as a new visitor."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    pg = context.new_page()
+    pg.set_default_timeout(PAGE_TIMEOUT_MS)
+    yield pg
+    context.close()
 
 
 def wait_until_done(page) -> None:
@@ -167,34 +187,46 @@ def screenshot(page, name: str) -> None:
     page.set_viewport_size({"width": width, "height": 900})
 
 
-def test_deep_link_on_a_fresh_server(server, page):
-    """The first visit opens a page directly: app.py still runs (navigation, wide layout)."""
-    page.goto(f"{server}/ablation")
-    wait_until_done(page)
-    nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
-    for title in ("Home", "Generate", "Attribution", "Ablation lab", "Training set"):
-        assert title in nav
-    page.get_by_role("heading", name="Ablation lab").wait_for()
+def check_app_frame(page, title: str) -> None:
+    """What every page shares: the app's own navigation (titles, not file names), the
+    page config (tab title, wide layout) and the sidebar's run, seed and rule."""
+    links = page.locator('[data-testid="stSidebar"] [data-testid="stPageLink"]')
+    titles = [t.split("\n")[-1] for t in links.all_inner_texts()]  # after the icon's name
+    assert titles == list(NAV), titles
+    assert not page.locator('[data-testid="stSidebarNav"]').is_visible()  # Streamlit's own
+    assert page.title() == ("tda explorer" if title == "Home" else f"{title} · tda explorer")
+    assert (
+        page.locator('[data-testid="stMain"]').evaluate(
+            "el => el.querySelector('[data-testid=stMainBlockContainer]').offsetWidth"
+        )
+        > 1000
+    )  # layout="wide": the main block fills the 1400 px window, not 736 px
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    for label in ("Run", "Seed", "Combine"):
+        sidebar.get_by_text(label, exact=True).first.wait_for(state="visible")
 
 
 @pytest.mark.parametrize("path", list(PAGES))
-def test_page_renders(server, page, path):
+def test_deep_link_on_a_fresh_server(tiny_env, page, tmp_path, path):
+    """Each page opened by its URL as the first request of a new server: the whole app."""
     title, selectors, texts = PAGES[path]
-    page.goto(f"{server}/{path}")
-    wait_until_done(page)
-    page.get_by_role("heading", name=title).first.wait_for()
-    main = page.locator('[data-testid="stMain"]')
-    for sel in selectors:
-        main.locator(sel).first.wait_for(state="visible")
-    for text in texts:  # waits: under load a run may start late or rerun
-        main.get_by_text(text).first.wait_for(state="visible")
-    wait_until_done(page)
-    assert not page.locator('[data-testid="stException"]').count()
-    page.wait_for_function(  # every image has loaded and decoded
-        "() => [...document.querySelectorAll('[data-testid=stImage] img')]"
-        ".every(i => i.complete && i.naturalWidth > 0)"
-    )
-    screenshot(page, f"{path or 'home'}.png")
+    with streamlit_server(tmp_path / "server.log", **tiny_env) as url:
+        page.goto(f"{url}/{path}")
+        wait_until_done(page)
+        page.get_by_role("heading", name=title).first.wait_for()
+        main = page.locator('[data-testid="stMain"]')
+        for sel in selectors:
+            main.locator(sel).first.wait_for(state="visible")
+        for text in texts:  # waits: under load a run may start late or rerun
+            main.get_by_text(text).first.wait_for(state="visible")
+        wait_until_done(page)
+        check_app_frame(page, "Home" if path == "" else title)
+        assert not page.locator('[data-testid="stException"]').count()
+        page.wait_for_function(  # every image has loaded and decoded
+            "() => [...document.querySelectorAll('[data-testid=stImage] img')]"
+            ".every(i => i.complete && i.naturalWidth > 0)"
+        )
+        screenshot(page, f"{path or 'home'}.png")
 
 
 def test_seed_change_in_the_browser(server, page):
@@ -234,3 +266,42 @@ def test_diagnostics_of_the_shipped_run(page, tmp_path_factory):
         assert not page.locator('[data-testid="stException"]').count()
         assert main.locator('[data-testid="stPlotlyChart"]').count() >= 6
         screenshot(page, "diagnostics_shipped.png")
+
+
+def test_a_shared_link_opens_its_view_and_follows_changes(server, page):
+    """?seed= in a link is read on the first visit; the URL and every navigation link then
+    follow the sidebar, so the address bar can be copied and handed out at any time."""
+    page.goto(f"{server}/generate?seed=7")
+    wait_until_done(page)
+    page.get_by_role("heading", name="Sample of seed 7").wait_for()
+    page.wait_for_function("() => location.search.includes('combine=')")
+    assert "seed=7" in page.url and "run=" in page.url
+    seed = page.get_by_role("spinbutton", name="Seed")
+    seed.fill("8")
+    seed.press("Enter")
+    page.get_by_role("heading", name="Sample of seed 8").wait_for()
+    wait_until_done(page)
+    page.wait_for_function("() => location.search.includes('seed=8')")
+    link = page.get_by_role("link", name="Ablation lab")
+    assert "seed=8" in link.get_attribute("href")
+    link.click()
+    page.get_by_text("full ensemble (seed 8)").wait_for()
+    wait_until_done(page)
+    page.wait_for_function(
+        "() => location.pathname.endsWith('/ablation') && location.search.includes('seed=8')"
+    )
+
+
+def test_a_hostile_link_gets_messages_not_a_traceback(server, page):
+    page.goto(f"{server}/generate?seed=-1&run=..%2F..%2Fetc%2Fpasswd&combine=%3Cscript%3E&x=1")
+    wait_until_done(page)
+    page.get_by_role("heading", name="Sample of seed 0").wait_for()
+    main = page.locator('[data-testid="stMain"]')
+    for text in ("a run this server does not have", "seed is not a whole number", "rule is not"):
+        main.get_by_text(text).first.wait_for(state="visible")
+    assert not page.locator('[data-testid="stException"]').count()
+    shown = main.inner_text()  # the link's values are never repeated on the page
+    assert "passwd" not in shown and "<script>" not in shown
+    page.wait_for_function("() => location.search.includes('seed=0')")
+    assert "x=1" not in page.url and "passwd" not in page.url
+    screenshot(page, "hostile_link.png")

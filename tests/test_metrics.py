@@ -196,7 +196,7 @@ def open_diagnostics(runs: Path, tmp_path, monkeypatch) -> AppTest:
     monkeypatch.setenv("TDA_RUNS", str(runs))
     monkeypatch.setenv("TDA_ASSETS", str(tmp_path / "no-assets"))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
-    at.switch_page("app_pages/diagnostics.py").run()
+    at.switch_page("pages/5_diagnostics.py").run()
     assert not at.exception, at.exception
     return at
 

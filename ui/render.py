@@ -16,11 +16,13 @@ STYLE = """<style>
 [data-testid="stImage"] img, [data-testid="stFullScreenFrame"] img {
   border-radius: 0 !important; image-rendering: pixelated;
 }
+[data-testid="stSidebarNav"] { display: none; }
 </style>"""
 
 
 def style() -> None:
-    """Square, pixelated images: the samples are a few pixels wide and must stay crisp."""
+    """Square, pixelated images (the samples are a few pixels wide and must stay crisp);
+    Streamlit's file-name navigation hidden (ui.nav draws the app's own)."""
     st.html(STYLE)
 
 

@@ -5,7 +5,7 @@ import streamlit as st
 
 from ui import render, state
 
-ctx = state.sidebar()
+ctx = state.sidebar("Generate")
 run = ctx.run
 
 st.title("Generate")
@@ -14,9 +14,9 @@ st.caption(
     "recorded noise, so every other page reuses this exact chain."
 )
 
-y, sample_s = state.ensemble_sample(ctx.key, ctx.seed)
-traj, timesteps, traj_s = state.trajectory(ctx.key, ctx.seed)
-members, members_s = state.member_samples(ctx.key, ctx.seed)
+y, sample_s = state.ensemble_sample(ctx.key, ctx.seed, ctx.combine)
+traj, timesteps, traj_s = state.trajectory(ctx.key, ctx.seed, ctx.combine)
+members, members_s = state.member_samples(ctx.key, ctx.seed, ctx.combine)
 
 left, mid, right = st.columns([3, 3, 2])
 with left:

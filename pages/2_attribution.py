@@ -18,18 +18,18 @@ HELP = {
     "nearest": "Not influence: the training images nearest to the sample in pixel space.",
 }
 
-ctx = state.sidebar()
+ctx = state.sidebar("Attribution")
 run = ctx.run
-key, seed = ctx.key, ctx.seed
+key, seed, rule = ctx.key, ctx.seed, ctx.combine
 
 st.title("Attribution")
 c1, c2, c3 = st.columns([2, 2, 4])
 method = c1.selectbox("Method", METHODS, key="method", on_change=state.keep("method", "jacobian"))
-kmax = min(24, run.N)
+kmax = min(ctx.limits.top_k, run.N)
 k = c2.slider("Top k", 1, kmax, key="topk", on_change=state.keep("topk", 8, (1, kmax)))
 c3.caption(HELP.get(method, ""))
 
-base = state.cached_attribution(key, seed, method)
+base = state.cached_attribution(key, seed, method, rule)
 if base is None:
     if method == "exact" and not st.button(
         f"Compute exact scores ({run.N} training images + phantoms, one chain each)",
@@ -40,10 +40,10 @@ if base is None:
             "code. Press the button to start; the result is cached for this seed."
         )
         st.stop()
-    base = state.attribution(key, seed, method)
+    base = state.attribution(key, seed, method, rule)
 
-m = min(64, run.N)
-vflag = f"verified|{key}|{seed}|{method}"
+m = min(ctx.limits.verify, run.N)
+vflag = f"verified|{key}|{seed}|{method}|{rule}"
 att = base
 if not base.exact:
     if not st.session_state.get(vflag) and st.button(
@@ -52,10 +52,10 @@ if not base.exact:
         help="Re-runs the top images and up to 128 phantoms as exact counterfactual "
         "chains and re-ranks them.",
     ):
-        state.verified(key, seed, method, m)
+        state.verified(key, seed, method, m, rule)
         st.session_state[vflag] = True
     if st.session_state.get(vflag):
-        att = state.verified(key, seed, method, m)
+        att = state.verified(key, seed, method, m, rule)
 verified_m = m if att is not base else 0
 
 # -- how attributable is this sample? ------------------------------------------------
@@ -131,6 +131,7 @@ cfs = state.counterfactuals(
     verified_m,
     tuple(int(r) for r in rows),
     bool(exact_cf or att.exact or method == "nearest"),
+    rule,
 )
 residuals = cfs - att.sample.numpy()[None]
 vmax = views.residual_scale(residuals)
@@ -164,7 +165,7 @@ with h:
     else:
         st.caption("This method scores no phantom codes.")
 with s:
-    exact = None if method == "exact" else state.cached_attribution(key, seed, "exact")
+    exact = None if method == "exact" else state.cached_attribution(key, seed, "exact", rule)
     if exact is not None:
         rho = float(spearmanr(base.scores, exact.scores).statistic)
         top = len(set(base.order[:k]) & set(exact.order[:k]))
@@ -185,5 +186,5 @@ with s:
     elif method != "exact":
         st.caption("How does this approximation rank against the exact scores for this seed?")
         if st.button("Compute exact scores to compare", icon=":material/compare_arrows:"):
-            state.attribution(key, seed, "exact")
+            state.attribution(key, seed, "exact", rule)
             st.rerun()

@@ -16,7 +16,7 @@ from tda import TdaError
 from tda.evaluate import REPORT, EvalSizes, evaluate
 from tda.metrics import CLASSIFIER_DIR, CONFIDENT, FD_NAME
 from tda.report_figures import figures
-from ui import state
+from ui import guard, state
 
 REPORT_DIR = "report"
 LIVE = EvalSizes(samples=32, seeds=1, draws=1, sizes=(1, 2, 4), classifier_steps=300)
@@ -48,10 +48,11 @@ def run_live(explorer, run_path: Path, samples: int, seeds: int) -> dict:
     return report
 
 
-ctx = state.sidebar()
+ctx = state.sidebar("Diagnostics")
 run = ctx.run
 report_path = Path(run.path) / REPORT_DIR / REPORT
-live_key = f"diagnostics_live_{ctx.key}"
+live_key = f"diagnostics_live_{ctx.key}_{ctx.combine}"
+saved_name = f"{REPORT_DIR}/{REPORT}"  # shown instead of the server path
 
 st.title("Diagnostics")
 st.caption(
@@ -66,10 +67,11 @@ saved = None
 if report_path.is_file():
     try:
         saved = load_report(str(report_path), report_path.stat().st_mtime_ns)
-    except (json.JSONDecodeError, OSError) as e:
-        st.error(f"Cannot read {report_path}: {e}. Recompute it with the command below.")
+    except (json.JSONDecodeError, OSError, UnicodeDecodeError) as e:
+        guard.log.warning("cannot read %s: %s", report_path, e)
+        st.error(f"Cannot read this run's `{saved_name}`: it is damaged. Recompute it below.")
 
-command = f"python -m tda evaluate --run {run.path}"
+command = f"python -m tda evaluate --run {ctx.label}"  # the label, not the server path
 with st.expander("Recompute a small version live", expanded=saved is None):
     st.caption(
         "Tiny sizes, in a temporary folder: the run's saved report is not touched. Fits a "
@@ -77,22 +79,33 @@ with st.expander("Recompute a small version live", expanded=saved is None):
         f"`{command}` (resumable; see `--help` for its sizes)."
     )
     c1, c2, c3 = st.columns([1, 1, 2], vertical_alignment="bottom")
-    samples = c1.number_input("Samples per weight vector", 8, 256, LIVE.samples, key="diag_n")
-    seeds = c2.number_input("Seeds scored exactly", 1, 8, LIVE.seeds, key="diag_seeds")
+    lim = ctx.limits
+    samples = c1.number_input(
+        "Samples per weight vector",
+        min(8, lim.live_samples),
+        lim.live_samples,
+        min(LIVE.samples, lim.live_samples),
+        key="diag_n",
+    )
+    seeds = c2.number_input(
+        "Seeds scored exactly", 1, lim.live_seeds, min(LIVE.seeds, lim.live_seeds), key="diag_seeds"
+    )
     if c3.button(
         "Recompute small version", type="primary", icon=":material/refresh:", key="diag_recompute"
     ):
         try:
-            st.session_state[live_key] = run_live(
-                ctx.explorer, Path(run.path), int(samples), int(seeds)
-            )
+            with state.heavy():
+                st.session_state[live_key] = run_live(
+                    ctx.explorer, Path(run.path), int(samples), int(seeds)
+                )
         except TdaError as e:
-            st.error(f"Cannot evaluate this run: {e}")
+            names = {str(run.path): ctx.label}
+            st.error(f"Cannot evaluate this run: {guard.public_message(e, names)}")
 
 live = st.session_state.get(live_key)
 if saved is None and live is None:
     st.info(
-        f"**No evaluation report for this run yet** (looked for `{report_path}`). "
+        f"**No evaluation report for this run yet** (looked for `{saved_name}` in run **{ctx.label}**). "
         f"Produce it with\n\n```\n{command}\n```\n\nor recompute a small version above.",
         icon=":material/analytics:",
     )
@@ -114,7 +127,7 @@ if report is live:
         f"{s['draws']} draw(s) — rough numbers."
     )
 else:
-    st.caption(f"Saved report: `{report_path}`")
+    st.caption(f"Saved report: `{saved_name}` of run **{ctx.label}**")
 if not report.get("complete"):
     st.warning(
         "This report is incomplete (the evaluation was interrupted). Re-run the same "

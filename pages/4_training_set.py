@@ -2,19 +2,17 @@
 
 import numpy as np
 import streamlit as st
-from PIL import Image, UnidentifiedImageError
 
 from tda import views
 from tda.attribution import METHODS
-from tda.data import pil_to_array
 from tda.index import search
 from ui import render, state
+from ui.upload import UploadError, read_image
 
-MAX_UPLOAD_MB = 5
 PAGE_SIZE = 32
 NEIGHBOURS = 6
 
-ctx = state.sidebar()
+ctx = state.sidebar("Training set")
 run = ctx.run
 index = state.training_index(ctx.key)
 size, channels = run.image_shape[1], run.image_shape[0]
@@ -71,7 +69,7 @@ with right:
     cached = [
         (mth, a)
         for mth in METHODS
-        if (a := state.cached_attribution(ctx.key, ctx.seed, mth)) is not None
+        if (a := state.cached_attribution(ctx.key, ctx.seed, mth, ctx.combine)) is not None
     ]
     if cached:
         for mth, a in cached:
@@ -97,31 +95,22 @@ st.markdown(
     f"**With the current sample (seed {ctx.seed})**: a memorised sample sits at "
     "distance ≈ 0 from a training image."
 )
-y, _ = state.ensemble_sample(ctx.key, ctx.seed)
+y, _ = state.ensemble_sample(ctx.key, ctx.seed, ctx.combine)
 neighbours(y, caption=f"seed {ctx.seed} (query)")
 
 st.markdown("**With an image of your own**")
+max_mb = ctx.limits.upload_mb
 upload = st.file_uploader(
-    f"PNG or JPEG, at most {MAX_UPLOAD_MB} MB; it is converted to "
-    f"{channels}×{size}×{size} like the training images",
+    f"PNG or JPEG, at most {max_mb} MB and {ctx.limits.upload_pixels:,} pixels; it is "
+    f"converted to {channels}×{size}×{size} like the training images",
     type=["png", "jpg", "jpeg"],
-    max_upload_size=MAX_UPLOAD_MB,
+    max_upload_size=max_mb,
     key="upload",
 )
 if upload is not None:
-    query = None
-    if upload.size > MAX_UPLOAD_MB * 2**20:
-        st.error(f"{upload.name} is {upload.size / 2**20:.1f} MB; the limit is {MAX_UPLOAD_MB} MB.")
+    try:
+        query = read_image(upload.getvalue(), upload.name, size, channels, ctx.limits)
+    except UploadError as e:
+        st.error(str(e), icon=":material/broken_image:")
     else:
-        try:
-            with Image.open(upload) as im:
-                if im.format not in ("PNG", "JPEG"):
-                    raise UnidentifiedImageError(f"format {im.format}")
-                query = pil_to_array(im, size, channels)
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-            st.error(
-                f"Could not read {upload.name}: it is not a valid PNG or JPEG image. "
-                "Upload a .png, .jpg or .jpeg file."
-            )
-    if query is not None:
         neighbours(query, caption="your image, converted")

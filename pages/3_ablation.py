@@ -6,7 +6,7 @@ import streamlit as st
 from tda import views
 from ui import render, state
 
-ctx = state.sidebar()
+ctx = state.sidebar("Ablation lab")
 run = ctx.run
 n = run.n
 
@@ -60,7 +60,7 @@ if on == 0:
     st.warning("Switch at least one member on: an ensemble of no members samples nothing.")
     st.stop()
 
-cf, seconds = state.counterfactual(ctx.key, ctx.seed, tuple(bool(a) for a in active))
+cf, seconds = state.counterfactual(ctx.key, ctx.seed, tuple(bool(a) for a in active), ctx.combine)
 residual = cf.residual.numpy()
 vmax = views.residual_scale(residual)
 c = st.columns([2, 2, 2, 2])
