@@ -214,3 +214,17 @@ def test_gate_frees_its_slot_when_the_work_fails():
     assert gate.running == 0
     with gate.slot(1, 0):
         assert gate.running == 1
+
+
+def test_the_shared_server_config_hides_errors_and_developer_tools():
+    import tomllib
+    from pathlib import Path
+
+    config = tomllib.loads(
+        (Path(__file__).parent.parent / ".streamlit" / "config.toml").read_text()
+    )
+    assert config["client"]["showErrorDetails"] == "none"  # tracebacks go to the log only
+    assert config["client"]["toolbarMode"] == "viewer"
+    assert config["client"]["showSidebarNavigation"] is False  # ui.nav draws the navigation
+    assert config["server"]["maxUploadSize"] >= Limits().upload_mb
+    assert config["browser"]["gatherUsageStats"] is False
