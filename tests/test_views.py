@@ -105,3 +105,24 @@ def test_floor_finding_reads_report_then_floor_json(tmp_path):
     nf.update(ks_pvalue=1e-4)  # real scores measurably above phantom ones
     (tmp_path / "report" / "report.json").write_text(json.dumps(report))
     assert floor_finding(tmp_path)[0] == "partly"
+
+
+def test_tar_finding_reads_the_candidate_part_and_grades_it(tmp_path):
+    import json
+
+    assert views.tar_finding(tmp_path) is None
+    rules = {
+        "mixture": {"tar": 0.9, "tar_low": 0.8, "tar_high": 0.97, "p_change_candidate": 0.95,
+                    "p_change_random": 0.4, "share_copies": 0.9, "samples": 200},
+        "mean": {"tar": 0.3, "tar_low": 0.1, "tar_high": 0.5, "p_change_candidate": 0.6,
+                 "p_change_random": 0.5, "share_copies": 0.1, "samples": 200},
+    }
+    report = {"run": {"N": 256}, "candidate": {"default_rule": "mixture", "rules": rules}}
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "report.json").write_text(json.dumps(report))
+    f = views.tar_finding(tmp_path)
+    assert f["level"] == "ok" and f["paper"] == (256, 1.0) and "TAR = 0.90" in f["text"]
+    report["candidate"]["default_rule"] = "mean"
+    (tmp_path / "report" / "report.json").write_text(json.dumps(report))
+    assert views.tar_finding(tmp_path)["level"] == "partly"
+    assert views.paper_tar(16) is None and views.paper_tar(900) == (1024, 0.85)
