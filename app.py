@@ -54,20 +54,36 @@ st.caption(
     + f"{s['params_per_member']:,} parameters per member"
 )
 
+tar = views.tar_finding(run.path)
+if tar is not None:
+    head = {"ok": "Yes: samples here are attributable.",
+            "partly": "Partly.", "weak": "Mostly not."}[tar["level"]]
+    show = {"ok": st.success, "partly": st.warning, "weak": st.warning}[tar["level"]]
+    show(f"**Is attribution meaningful here? {head}** " + tar["text"])
+    paper = tar["paper"]
+    st.dataframe(
+        [{"rule": r["rule"] + (" (this run's default)" if r["rule"] == tar["default_rule"] else ""),
+          "TAR": f"{r['tar']:.2f}", "95% interval": f"{r['low']:.2f}–{r['high']:.2f}",
+          "x̂ ablation changes the sample": f"{r['candidate']:.0%}",
+          "random ablation changes it": f"{r['random']:.0%}",
+          "samples that copy a training image": f"{r['copies']:.0%}",
+          "paper (MNIST)": "—" if paper is None else f"{paper[1]:.2f} at N = {paper[0]:,}"}
+         for r in tar["rows"]],
+        hide_index=True,
+    )
+
 finding = views.floor_finding(run.path)
-if finding is None:
+if finding is None and tar is None:
     st.info(
-        "No noise-floor measurement for this run yet: run `python -m tda evaluate --run "
-        f"{ctx.label}` (the run's folder) to learn whether its attributions rise above member noise."
+        "No attribution measurement for this run yet: run `python -m tda evaluate --run "
+        f"{ctx.label}` (the run's folder) to learn whether its samples are attributable."
     )
-elif finding[0] == "weak":
-    st.warning(
-        "**Is attribution meaningful here? Mostly not.** " + finding[1], icon=":material/warning:"
-    )
-elif finding[0] == "partly":
-    st.warning("**Is attribution meaningful here? Partly.** " + finding[1], icon=":material/info:")
-else:
-    st.success("**Attribution rises above the noise floor on this run.** " + finding[1])
+elif finding is not None and tar is not None:  # the candidate test leads; the floor adds
+    st.caption("**Scores vs the phantom floor.** " + finding[1])
+elif finding is not None:
+    head = {"weak": "Mostly not.", "partly": "Partly.", "ok": "Yes."}[finding[0]]
+    show = st.success if finding[0] == "ok" else st.warning
+    show(f"**Is attribution meaningful here? {head}** " + finding[1])
 
 st.plotly_chart(views.code_matrix_figure(run.codes, run.labels), key="codes")
 
@@ -81,7 +97,11 @@ render.show(cf.sample, f"sample (seed {ctx.seed})", 128, c[1])
 render.show(cf.counterfactual, "without image #0", 128, c[2])
 render.show_residual(cf.residual, "residual", 128, container=c[3])
 c[4].markdown(
-    f"The full ensemble averages all {run.n} members' noise predictions. Training image #0 "
+    (f"The full ensemble averages all {run.n} members' noise predictions. "
+     if ctx.combine == "mean" else
+     f"The full ensemble mixes all {run.n} members, each weighted by how well it explains "
+     "the trajectory so far. ")
+    + "Training image #0 "
     f"was seen by members {', '.join(map(str, views.members_of(code)))}; switch them off, "
     f"spread the weight over the {run.n - run.h} members that never saw it, and run the "
     "chain again **with the same noise**. The residual is what image #0 contributed — plus "

@@ -1,4 +1,5 @@
-"""Attribution: the training images that most influenced the current sample, vs the noise floor."""
+"""Attribution: is the sample attributable (the candidate test), then the training images that
+most influenced it, vs the noise floor."""
 
 import numpy as np
 import streamlit as st
@@ -18,11 +19,49 @@ HELP = {
     "nearest": "Not influence: the training images nearest to the sample in pixel space.",
 }
 
+CONTROLS = 16  # random training images ablated in the candidate test
+
 ctx = state.sidebar("Attribution")
 run = ctx.run
 key, seed, rule = ctx.key, ctx.seed, ctx.combine
 
 st.title("Attribution")
+
+# -- is this sample attributable? the candidate-first test ---------------------------------
+st.subheader("Is this sample attributable?")
+test = state.candidate(key, seed, rule, CONTROLS)
+near_after = int(test.nearest_after)
+c = st.columns([1, 1, 1, 1, 3])
+render.show(test.sample, f"sample (seed {seed})", 128, c[0])
+render.show(run.images[test.candidate], f"nearest training image x̂ = #{test.candidate}", 128, c[1])
+render.show(test.counterfactual, "sample without x̂", 128, c[2])
+render.show(run.images[near_after], f"its nearest image: #{near_after}", 128, c[3])
+with c[4]:
+    verdict = test.verdict
+    R = len(test.control_rows)
+    flips = int(round(test.flip_rate * R))
+    said = (
+        f"Removing x̂ (training image #{test.candidate}, distance {test.candidate_distance:.2f}) "
+        f"{'**changes**' if test.changed else 'does **not** change'} the sample's nearest "
+        f"training image. Removing a random training image instead changes it in {flips} of "
+        f"{R} tries (flip rate {test.flip_rate:.0%}); p = {test.p_value:.2g}."
+    )
+    if verdict == "attributable":
+        st.success(f"**Attributable to #{test.candidate}.** " + said, icon=":material/check_circle:")
+    elif verdict == "unclear":
+        st.info("**Unclear.** " + said + " Random ablations often do the same, so this "
+                "change is weak evidence.", icon=":material/info:")
+    else:
+        st.warning("**Not attributable to its nearest image.** " + said,
+                   icon=":material/warning:")
+    st.caption(
+        f"The candidate-first test of Dai & Gifford (2024): the candidate is chosen before any "
+        f"counterfactual, so there is one hypothesis per sample. Rule: **{rule}**."
+    )
+with st.expander("How far each ablation moved the sample"):
+    st.plotly_chart(views.candidate_figure(test), key="candidate")
+
+st.subheader("Which training images influenced it most?")
 c1, c2, c3 = st.columns([2, 2, 4])
 method = c1.selectbox("Method", METHODS, key="method", on_change=state.keep("method", "jacobian"))
 kmax = min(ctx.limits.top_k, run.N)

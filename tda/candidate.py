@@ -123,10 +123,12 @@ def candidate_tests(
     phantoms: int = 0,
     progress: Callable[[int, int], None] | None = None,
     index=None,
+    chain_progress: Callable[[int, int], None] | None = None,
 ) -> list[CandidateTest]:
     """The candidate test of the sample of every seed; chains of several samples run in
-    one batch. `progress(done, total)` counts samples. `index`: a FAISS index of the
-    training images (default: the run's saved one)."""
+    one batch. `progress(done, total)` counts samples, `chain_progress(step, steps)` the
+    steps of each batch of ablation chains. `index`: a FAISS index of the training
+    images (default: the run's saved one)."""
     seeds = [int(s) for s in seeds]
     steps = explorer.steps(steps)
     run = explorer.run
@@ -135,7 +137,7 @@ def candidate_tests(
     out: list[CandidateTest] = []
     for start in range(0, len(seeds), SAMPLES_PER_CALL):
         part = seeds[start : start + SAMPLES_PER_CALL]
-        out += _tests(explorer, index, part, steps, controls, null)
+        out += _tests(explorer, index, part, steps, controls, null, chain_progress)
         if progress is not None:
             progress(len(out), len(seeds))
     return out
@@ -151,7 +153,7 @@ def _nearest(index, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return rows[:, 0], np.sqrt(np.maximum(d[:, 0], 0.0))
 
 
-def _tests(explorer, index, seeds, steps, controls, null) -> list[CandidateTest]:
+def _tests(explorer, index, seeds, steps, controls, null, progress=None) -> list[CandidateTest]:
     run = explorer.run
     if len(seeds) == 1:
         samples = explorer.sample(seeds[0], steps).sample[None]
@@ -162,7 +164,7 @@ def _tests(explorer, index, seeds, steps, controls, null) -> list[CandidateTest]
              for c, s in zip(cand, seeds, strict=True)]
     V = [torch.cat([without_codes(run.codes[p]), without_codes(null)]) for p in plans]
     chain_seeds = [s for s, v in zip(seeds, V, strict=True) for _ in range(len(v))]
-    y = explorer.y_seeds(torch.cat(V), chain_seeds, steps)
+    y = explorer.y_seeds(torch.cat(V), chain_seeds, steps, progress)
     nearest, _ = _nearest(index, y)
     tests, at = [], 0
     for b, (seed, plan) in enumerate(zip(seeds, plans, strict=True)):

@@ -398,3 +398,28 @@ def tar_finding(run_dir) -> dict | None:
     }[level]
     return {"level": level, "text": text, "rows": rows, "paper": paper,
             "default_rule": cand["default_rule"]}
+
+
+def candidate_figure(test) -> go.Figure:
+    """How far each ablation moved the sample: the candidate vs the random controls (and
+    phantoms), marked by whether the sample's nearest training image changed."""
+    fig = go.Figure()
+    groups = [("random training image", test.control_effects, test.control_nearest, "#888"),
+              ("phantom code", test.phantom_effects, test.phantom_nearest, "#b39ddb")]
+    for name, eff, near, color in groups:
+        if len(eff) == 0:
+            continue
+        flipped = np.asarray(near) != test.candidate
+        for mask, suffix, symbol in ((flipped, ", nearest image changed", "x"),
+                                     (~flipped, ", unchanged", "circle-open")):
+            if mask.any():
+                fig.add_scatter(x=np.asarray(eff)[mask], y=[name] * int(mask.sum()), mode="markers",
+                                name=name + suffix, marker=dict(color=color, symbol=symbol, size=10))
+    fig.add_scatter(x=[test.effect], y=["nearest image x̂"], mode="markers",
+                    name="x̂" + (", nearest image changed" if test.changed else ", unchanged"),
+                    marker=dict(color="#d62728", size=14, symbol="x" if test.changed else "circle-open"))
+    fig.update_layout(height=260, margin=dict(l=10, r=10, t=36, b=10),
+                      title="How far each ablation moves the sample (L2, model space)",
+                      xaxis_title="distance of the ablated sample from the sample",
+                      legend=dict(orientation="h", y=-0.4))
+    return fig

@@ -121,18 +121,37 @@ def test_generate_shows_sample_trajectory_members_and_follows_the_seed(app_env, 
     assert captions(at)[0] == "full ensemble (seed 3)"
 
 
+CANDIDATE_IMAGES = 4  # sample, x̂, the sample without x̂, its nearest image
+
+
+def _check_candidate_section(at: AppTest) -> None:
+    """The candidate test comes first: four images and one verdict."""
+    assert at.subheader[0].value == "Is this sample attributable?"
+    caps = captions(at)[:CANDIDATE_IMAGES]
+    assert caps[0].startswith("sample (seed ") and caps[1].startswith("nearest training image")
+    assert caps[2] == "sample without x̂" and caps[3].startswith("its nearest image: #")
+    said = [m.value for m in (*at.success, *at.info, *at.warning) if "Removing x̂" in m.value]
+    assert len(said) == 1 and "flip rate" in said[0]
+    assert said[0].startswith(("**Attributable to #", "**Unclear.**", "**Not attributable"))
+
+
+def _floor_warnings(at: AppTest) -> list[str]:
+    return [w.value for w in at.warning if "Removing x̂" not in w.value]
+
+
 def _check_attribution_page(at: AppTest, k: int = 8) -> None:
     """Top-k rows with three images each, a badge per row, warning iff top-1 < p99."""
     assert not at.exception, at.exception
-    assert len(images(at)) == 1 + 3 * k
-    caps = captions(at)[1:]
+    _check_candidate_section(at)
+    assert len(images(at)) == CANDIDATE_IMAGES + 1 + 3 * k
+    caps = captions(at)[CANDIDATE_IMAGES + 1 :]
     assert caps[0::3] == ["training image"] * k and caps[2::3] == ["residual"] * k
     rows = [s for s in markdown(at) if s.startswith("**#")]
     assert len(rows) == k and rows[0].startswith("**#1 · training image ")
     badges = [s for s in markdown(at) if "-badge[" in s]
     assert len(badges) == k
     ratio = metrics(at)["Top-1 / phantom p99"]
-    warned = any("indistinguishable from member noise" in w.value for w in at.warning)
+    warned = any("indistinguishable from member noise" in w for w in _floor_warnings(at))
     if ratio != "n/a":
         assert warned == (float(ratio) < 1)
 
@@ -146,7 +165,7 @@ def test_attribution_methods_verification_and_comparison(app_env):
     assert all(
         b.startswith(":gray-badge[within noise (p=") or "above noise floor (p=" in b for b in badges
     )
-    assert len(at.get("plotly_chart")) == 1  # histogram; no exact scores yet for a scatter
+    assert len(at.get("plotly_chart")) == 2  # candidate, histogram; no exact scores for a scatter
 
     for method in ("last-step", "individual"):
         at.selectbox(key="method").set_value(method).run()
@@ -156,10 +175,11 @@ def test_attribution_methods_verification_and_comparison(app_env):
     at.selectbox(key="method").set_value("nearest").run()
     _check_attribution_page(at)
     assert "no noise floor" in " ".join(markdown(at))
-    assert "pixel similarity" in at.info[0].value
+    assert any("pixel similarity" in m.value for m in at.info)
 
     at.selectbox(key="method").set_value("exact").run()
-    assert not images(at) and "one full chain per training image" in at.info[0].value
+    assert len(images(at)) == CANDIDATE_IMAGES
+    assert any("one full chain per training image" in m.value for m in at.info)
     next(b for b in at.button if b.label.startswith("Compute exact")).click().run()
     _check_attribution_page(at)
     assert "(exact)" in " ".join(markdown(at))
@@ -170,7 +190,7 @@ def test_attribution_methods_verification_and_comparison(app_env):
     m = metrics(at)
     assert -1.0 <= float(m["Spearman ρ vs exact"]) <= 1.0
     assert m["Top-8 overlap with exact"].endswith("/8")
-    assert len(at.get("plotly_chart")) == 2
+    assert len(at.get("plotly_chart")) == 3  # candidate, histogram, scatter
 
     verify = next(b for b in at.button if b.label.startswith("Verify exactly"))
     verify.click().run()
@@ -293,7 +313,7 @@ def test_attribution_warns_when_the_top_k_is_member_noise(app_env, monkeypatch):
     at.number_input(key="seed").set_value(11).run()  # a seed no other test attributes
     _check_attribution_page(at)
     assert float(metrics(at)["Top-1 / phantom p99"]) < 1
-    assert "indistinguishable from member noise" in at.warning[0].value
+    assert "indistinguishable from member noise" in _floor_warnings(at)[0]
     badges = [s for s in markdown(at) if "-badge[" in s]
     assert all(b.startswith(":gray-badge[within noise (p=1.00)") for b in badges)
 
@@ -303,7 +323,8 @@ def test_attribution_marks_images_above_the_noise_floor(app_env, monkeypatch):
     at = open_app("attribution")
     at.number_input(key="seed").set_value(12).run()
     _check_attribution_page(at)
-    assert not at.warning and "above the noise floor" in at.success[0].value
+    assert not _floor_warnings(at)
+    assert any("above the noise floor" in m.value for m in at.success)
     assert metrics(at)["Above phantom p99"] == "16"
     badges = [s for s in markdown(at) if "-badge[" in s]
     assert all(b.startswith(":green-badge[") and "above noise floor (p=0.005)" in b for b in badges)
@@ -355,7 +376,7 @@ def test_attribution_compares_with_exact_on_request(app_env):
     next(b for b in at.button if b.label == "Compute exact scores to compare").click().run()
     assert not at.exception
     rho = float(metrics(at)["Spearman ρ vs exact"])
-    assert -1.0 <= rho <= 1.0 and len(at.get("plotly_chart")) == 2
+    assert -1.0 <= rho <= 1.0 and len(at.get("plotly_chart")) == 3
     assert not [b for b in at.button if b.label == "Compute exact scores to compare"]
 
 

@@ -253,6 +253,19 @@ def cached_attribution(key: str, seed: int, method: str, combine: str):
     return attribution(key, seed, method, combine) if done else None
 
 
+@st.cache_data(show_spinner=False, max_entries=256)
+def candidate(key: str, seed: int, combine: str, controls: int):
+    """The candidate test of the sample of `seed` (its nearest image vs random ones)."""
+    from tda.candidate import candidate_test
+
+    with heavy():
+        bar, update = _progress("Ablating the nearest training image and random ones ...")
+        test = candidate_test(explorer(key, combine), seed, controls=controls,
+                              chain_progress=update)
+        bar.empty()
+    return test
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def verified(key: str, seed: int, method: str, m: int, combine: str):
     """The attribution with its top m rescored by exact chains."""
