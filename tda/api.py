@@ -42,6 +42,7 @@ class Sample:
     noise: RecordedNoise
     sample: torch.Tensor  # [C, H, W] in [-1, 1]
     trajectory: torch.Tensor  # x after every step [K+1, C, H, W], x_T first
+    mixture_loglik: torch.Tensor | None = None  # mixture rule: l before every step [K, n]
 
 
 @dataclass
@@ -147,8 +148,11 @@ class Explorer:
         if key in self._samples:
             self._samples.move_to_end(key)
         else:
-            y, traj = self.y(u0(self.n), seed, steps, trajectory=True)
-            self._samples[key] = Sample(key[0], key[1], self.noise(seed, steps), y[0], traj[:, 0])
+            record: dict = {}
+            y, traj = self.y(u0(self.n), seed, steps, trajectory=True, record=record)
+            loglik = record["mixture_loglik"][:, 0] if record else None
+            self._samples[key] = Sample(key[0], key[1], self.noise(seed, steps), y[0], traj[:, 0],
+                                        loglik)
             while len(self._samples) > MAX_CACHED_SAMPLES:
                 self._samples.popitem(last=False)
         return self._samples[key]

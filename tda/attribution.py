@@ -27,6 +27,7 @@ from . import TdaError
 from .api import Explorer
 from .encoding import phantom_codes, u0, without_codes
 from .index import load_index, search
+from .sampling import mix_step
 
 METHODS = ("exact", "jacobian", "last-step", "individual", "individual-paper", "nearest")
 MAX_PHANTOMS = 512
@@ -227,15 +228,25 @@ def _last_step(explorer, seed, steps, codes, method, progress):
     device = next(explorer.run.members[0].parameters()).device
     eps = torch.cat([m(x_prev.to(device), t).sample.cpu() for m in explorer.run.members])
     state = {"x_prev": x_prev, "member_eps": eps}
+    if explorer.combine == "mixture":  # the trajectory's log-likelihoods before the last step
+        state["loglik"] = explorer.sample(seed, steps).mixture_loglik[-1]
     return _last_step_residuals(explorer, seed, steps, codes, state), state
 
 
 def _last_step_residuals(explorer, seed, steps, codes, state) -> torch.Tensor:
+    """The last step taken with each code's members dropped: the mean of the remaining
+    members' eps, or under `mixture` their posterior means weighted by
+    softmax(log v + l) with l from the full ensemble's trajectory."""
     chain, noise = explorer.chain(steps), explorer.noise(seed, steps)
     W = without_codes(codes)
-    mixed = (W @ state["member_eps"].flatten(1)).view(len(W), *explorer.run.image_shape)
     k = len(chain.timesteps) - 1
-    y = chain.step(k, state["x_prev"].expand_as(mixed), mixed, noise.noise[k])
+    if "loglik" in state:
+        mu = chain.mean(k, state["x_prev"][None], state["member_eps"][:, None])  # [n, 1, ...]
+        w = torch.softmax(torch.log(W.double()) + state["loglik"], dim=1)
+        y = mix_step(chain, k, w, mu.expand(-1, len(W), -1, -1, -1), noise.noise[k])
+    else:
+        mixed = (W @ state["member_eps"].flatten(1)).view(len(W), *explorer.run.image_shape)
+        y = chain.step(k, state["x_prev"].expand_as(mixed), mixed, noise.noise[k])
     return y - explorer.sample(seed, steps).sample
 
 

@@ -140,7 +140,8 @@ def sample_chains(
     With `trajectory`, also returns x after every step [K+1, B, C, H, W] (x_T first).
     `progress(k, K)` is called per step. A batched noise (`stack_noise`, x_T [B,C,H,W])
     gives chain b its own noise. `record` (a dict), under `mixture`, receives
-    "mixture_weights" [K, B, n]: the weights each step used.
+    "mixture_weights" [K, B, n], the weights each step used, and "mixture_loglik"
+    [K, B, n] (float64), the running log-likelihoods l they came from.
     """
     if combine not in COMBINE_RULES:
         raise TdaError(f"combine must be one of {', '.join(COMBINE_RULES)}, got {combine!r}")
@@ -185,8 +186,18 @@ def sample_chains(
                 progress(k + 1, K)
     if mixture is not None and record is not None:
         record["mixture_weights"] = torch.stack(mixture.history).cpu()
+        record["mixture_loglik"] = torch.stack(mixture.loglik_history).cpu()
     out = x.cpu()
     return (out, torch.stack(traj)) if traj is not None else out
+
+
+def mix_step(chain: Chain, k: int, w: torch.Tensor, mu: torch.Tensor, z: torch.Tensor):
+    """sum_i w_i mu_i + sigma_k z: one mixture step from weights w [B, n] and every
+    member's posterior mean mu [n, B, C, H, W]."""
+    prev = torch.einsum("bn,nbchw->bchw", w.to(mu.dtype), mu)
+    if chain.adds_noise(k):
+        prev = prev + chain.noise_std[k] * z
+    return prev
 
 
 class MixtureRule:
@@ -211,6 +222,7 @@ class MixtureRule:
         self.log_prior = torch.log(V.double())  # -inf where a member is off
         self.loglik = torch.zeros_like(self.log_prior)
         self.history: list[torch.Tensor] = []
+        self.loglik_history: list[torch.Tensor] = []
 
     def weights(self) -> torch.Tensor:
         """w [B, n]: the members' weights in the next step (0 where off)."""
@@ -220,10 +232,10 @@ class MixtureRule:
         """x_s -> x_{s-1} from every member's eps [n, B, C, H, W] (ignored where off)."""
         w = self.weights()
         self.history.append(w.float())
+        self.loglik_history.append(self.loglik.clone())
         mu = self.chain.mean(k, x[None], eps_all)  # [n, B, C, H, W]
-        prev = torch.einsum("bn,nbchw->bchw", w.to(mu.dtype), mu)
+        prev = mix_step(self.chain, k, w, mu, z)
         if self.chain.adds_noise(k):
-            prev = prev + self.chain.noise_std[k] * z
             var = float(self.chain.noise_std[k]) ** 2
             d2 = (prev[None] - mu).flatten(2).pow(2).sum(2).T.double()  # [B, n]
             self.loglik = self.loglik - torch.where(self.log_prior.isfinite(), d2, 0.0) / (2 * var)

@@ -136,3 +136,17 @@ def test_ideal_memorisers_are_copied_under_mixture_and_blended_under_mean():
                 assert int(torch.cdist(cf.flatten(1), flat)[0].argmin()) != row
     assert max(dist["mixture"]) < 0.05 * spacing  # copies
     assert np.median(dist["mean"]) > 5 * np.median(dist["mixture"])  # blends
+
+
+def test_last_step_method_under_mixture(mix):
+    """Dropping no member in the last step gives back the sample; in a one-step chain the
+    last step is the whole chain, so last-step equals exact."""
+    from tda.attribution import _last_step, attribute
+
+    n = mix.n
+    codes = np.zeros((1, n), dtype=np.uint8)
+    residual, state = _last_step(mix, SEED, None, codes, "last-step", None)
+    assert "loglik" in state and state["loglik"].shape == (n,)
+    torch.testing.assert_close(residual, torch.zeros_like(residual), rtol=0, atol=1e-5)
+    one = {m: attribute(mix, SEED, m, steps=1) for m in ("exact", "last-step")}
+    np.testing.assert_allclose(one["last-step"].scores, one["exact"].scores, rtol=1e-4, atol=1e-4)
