@@ -3,6 +3,7 @@
 import numpy as np
 import streamlit as st
 
+from tda import views
 from ui import render, state
 
 ctx = state.sidebar("Generate")
@@ -38,6 +39,18 @@ with right:
     st.metric("Trajectory", f"{traj_s:.2f} s")
     st.metric(f"All {run.n} members alone", f"{members_s:.2f} s")
     st.caption("Times of the first computation; repeats come from the cache.")
+
+if ctx.combine == "mixture":
+    loglik = ctx.explorer.sample(ctx.seed).mixture_loglik  # cached with the trajectory
+    nearest = int(views.nearest_row(run.images, y))
+    st.plotly_chart(
+        views.mixture_weights_figure(loglik, timesteps, run.codes[nearest] == 1), key="weights"
+    )
+    st.caption(
+        f"Under the mixture rule each member is weighted by how well it explains the "
+        f"trajectory so far. ★: the members trained on training image #{nearest}, the one "
+        "nearest to the sample."
+    )
 
 frames = np.unique(np.linspace(0, K, min(K + 1, 11)).round().astype(int))
 st.caption("The chain at a glance, from pure noise to the sample:")

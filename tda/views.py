@@ -423,3 +423,31 @@ def candidate_figure(test) -> go.Figure:
                       xaxis_title="distance of the ablated sample from the sample",
                       legend=dict(orientation="h", y=-0.4))
     return fig
+
+
+def nearest_row(images: np.ndarray, x: torch.Tensor | np.ndarray) -> int:
+    """The training row nearest to one image x [C, H, W] (pixel L2, brute force)."""
+    from .index import as_vectors
+
+    d = np.linalg.norm(as_vectors(images) - as_vectors(_numpy(x)[None]), axis=1)
+    return int(d.argmin())
+
+
+def mixture_weights_figure(loglik: torch.Tensor | np.ndarray, timesteps: np.ndarray,
+                           saw: np.ndarray | None = None) -> go.Figure:
+    """Heatmap of the mixture's member weights at every step (softmax of the running
+    log-likelihoods l [K, n]); `saw` marks the members trained on an image of interest."""
+    ll = torch.as_tensor(_numpy(loglik), dtype=torch.float64)
+    w = torch.softmax(ll, dim=1).numpy()
+    n = w.shape[1]
+    names = [f"m{i}" + (" ★" if saw is not None and saw[i] else "") for i in range(n)]
+    fig = go.Figure(go.Heatmap(
+        z=w.T, x=np.arange(1, len(w) + 1), y=names, colorscale="Blues", zmin=0, zmax=1,
+        colorbar=dict(title="weight"),
+        hovertemplate="step %{x}<br>%{y}<br>weight %{z:.2f}<extra></extra>",
+    ))
+    fig.update_layout(height=120 + 18 * n, margin=dict(l=10, r=10, t=40, b=10),
+                      title="Which members the sample followed (mixture weights per step)",
+                      xaxis_title=f"step (t = {int(timesteps[0])} → {int(timesteps[-1])})",
+                      yaxis=dict(autorange="reversed"))
+    return fig

@@ -402,6 +402,8 @@ def test_a_link_opens_its_view_and_the_url_follows(app_env):
     assert at.selectbox(key="combine").value == "mixture"
     assert at.subheader[0].value == "Sample of seed 3" and not at.warning
     assert at.query_params == {"run": label, "seed": "3", "combine": "mixture"}
+    charts = [c.proto.spec for c in at.get("plotly_chart")]
+    assert any("Which members the sample followed" in c for c in charts)  # mixture only
     mixture = images(at)[0].url
 
     at.selectbox(key="combine").set_value("mean").run()
