@@ -125,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--out", type=Path, default=None, help="write the tests as JSON")
     ca.set_defaults(func=cmd_candidate)
 
+    pc = sub.add_parser("precompute", help="featured seeds: precompute the app's first views "
+                        "into RUN/featured/ (instant for every visitor)")
+    _run_arg(pc)
+    pc.add_argument("--seeds", default="0,1,2,3", help="featured seeds: 0,1,2,3 or 0-3")
+    pc.add_argument("--exact", default="auto", choices=("auto", "yes", "no"),
+                    help="also exact scores (one chain per image); auto: when N <= 1,024")
+    pc.set_defaults(func=cmd_precompute)
+
     from .evaluate import PARTS
 
     ev = sub.add_parser("evaluate", help="evaluation report: FD in a classifier's features, "
@@ -263,6 +271,19 @@ def cmd_candidate(a: argparse.Namespace) -> int:
                                          "tests": [t.summary() for t in tests]}, indent=2))
         except OSError as e:
             raise TdaError(f"cannot write {a.out}: {e}") from e
+    return 0
+
+
+def cmd_precompute(a: argparse.Namespace) -> int:
+    from .featured import precompute
+
+    ex = _explorer(a)
+    seeds = _seeds(a.seeds)
+    t0 = time.time()
+    exact = {"auto": None, "yes": True, "no": False}[a.exact]
+    path = precompute(ex, seeds, exact, progress=lambda text: print(text, flush=True))
+    print(f"{path}: seeds {', '.join(map(str, seeds))} ({ex.combine}) in "
+          f"{time.time() - t0:.0f} s")
     return 0
 
 
