@@ -5,7 +5,6 @@ Everything comes from the run's evaluation report (RUN/report/report.json, writt
 """
 
 import json
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,8 +12,8 @@ import numpy as np
 import streamlit as st
 
 from tda import TdaError
-from tda.evaluate import REPORT, EvalSizes, evaluate
-from tda.metrics import CLASSIFIER_DIR, CONFIDENT, FD_NAME
+from tda.evaluate import REPORT, EvalSizes
+from tda.metrics import CONFIDENT, FD_NAME
 from tda.report_figures import figures
 from ui import guard, state
 
@@ -25,27 +24,6 @@ LIVE = EvalSizes(samples=32, seeds=1, draws=1, sizes=(1, 2, 4), classifier_steps
 @st.cache_data(show_spinner=False, max_entries=8)
 def load_report(path: str, mtime_ns: int) -> dict:
     return json.loads(Path(path).read_text())
-
-
-def run_live(explorer, run_path: Path, samples: int, seeds: int) -> dict:
-    """A small report in a temporary folder (the run's own report is not touched)."""
-    tmp = Path(tempfile.mkdtemp(prefix="tda-diagnostics-"))
-    own = run_path / CLASSIFIER_DIR
-    bar = st.progress(0.0, text="Starting ...")
-
-    def progress(what: str, done: float, total: int) -> None:
-        bar.progress(min(1.0, done / max(total, 1)), text=f"{what}: {done:.0f}/{total}")
-
-    sizes = replace(LIVE, samples=samples, seeds=seeds)
-    report = evaluate(
-        explorer,
-        tmp / REPORT_DIR,
-        sizes,
-        classifier_dir=own if own.is_dir() else tmp / CLASSIFIER_DIR,
-        progress=progress,
-    )
-    bar.empty()
-    return report
 
 
 ctx = state.sidebar("Diagnostics")
@@ -93,11 +71,10 @@ with st.expander("Recompute a small version live", expanded=saved is None):
     if c3.button(
         "Recompute small version", type="primary", icon=":material/refresh:", key="diag_recompute"
     ):
-        try:
-            with state.heavy():
-                st.session_state[live_key] = run_live(
-                    ctx.explorer, Path(run.path), int(samples), int(seeds)
-                )
+        try:  # a queued job (ui.state.run_job), shared with anyone asking the same
+            st.session_state[live_key] = state.live_evaluation(
+                ctx.key, ctx.combine, replace(LIVE, samples=int(samples), seeds=int(seeds))
+            )
         except TdaError as e:
             names = {str(run.path): ctx.label}
             st.error(f"Cannot evaluate this run: {guard.public_message(e, names)}")

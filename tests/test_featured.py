@@ -124,3 +124,31 @@ def test_the_command_adds_seeds_and_rules(featured_run, tmp_path, capsys):
     assert entry.attribution("exact") is None and entry.attribution("jacobian") is not None
     assert entry.candidate().combine == "mixture"
     assert main(["precompute", "--run", str(tmp_path / "nothing"), "--seeds", "0"]) == 2
+
+
+def test_featured_seeds_open_without_any_computation(featured_run, tmp_path, monkeypatch):
+    """The app on a run with featured seeds: their pages need no job at all, the sidebar
+    names them, and the exact comparison is there at once; another seed computes."""
+    from streamlit.testing.v1 import AppTest
+
+    from tda.jobs import JobManager
+    from tests.test_app import ROOT, TIMEOUT
+    from ui import state
+    from ui.nav import BY_URL
+
+    monkeypatch.setenv("TDA_RUNS", str(featured_run.parent))
+    monkeypatch.setenv("TDA_ASSETS", str(tmp_path / "no-assets"))
+    jobs = JobManager(workers=1, queue=4)
+    monkeypatch.setattr(state, "jobs", lambda: jobs)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    assert at.number_input(key="seed").value == 0  # the default seed is featured
+    assert "Featured seeds, ready at once: 0, 2" in [c.value for c in at.sidebar.caption]
+    for page in ("generate", "attribution", "training_set"):
+        at.switch_page(BY_URL[page].path).run()
+        assert not at.exception, at.exception
+    at.switch_page(BY_URL["attribution"].path).run()
+    m = {x.label: x.value for x in at.metric}
+    assert "Spearman ρ vs exact" in m and "Top-1 / phantom p99" in m
+    assert jobs.started == 0
+    at.number_input(key="seed").set_value(3).run()  # not featured: computed on demand
+    assert not at.exception and jobs.started >= 2

@@ -185,3 +185,52 @@ def test_progress_text_and_fraction_are_seen_by_waiters():
     assert (s.text, s.fraction, s.state) == ("chains", 0.75, RUNNING)
     gate.set()
     assert t.result() == 1
+
+
+# -- the app's use of it (AppTest on the tiny run) ------------------------------------------
+
+
+@pytest.fixture
+def app_jobs(tiny_run_dir, tmp_path, monkeypatch):
+    """The app on the tiny run with a fresh one-worker job manager; records what waiting
+    pages were shown (their job's status)."""
+    from ui import state
+
+    monkeypatch.setenv("TDA_RUNS", str(tiny_run_dir.parent))
+    monkeypatch.setenv("TDA_ASSETS", str(tmp_path / "no-assets"))
+    jobs = JobManager(workers=1, queue=4)
+    monkeypatch.setattr(state, "jobs", lambda: jobs)
+    shown = []
+    real = state._show
+    monkeypatch.setattr(state, "_show", lambda box, s, text: (shown.append(s), real(box, s, text)))
+    return jobs, shown
+
+
+def open_page(page: str, seed: int):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_app import ROOT, TIMEOUT
+    from ui.nav import BY_URL
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.query_params["seed"] = str(seed)
+    at.run()
+    at.switch_page(BY_URL[page].path).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_the_attribution_page_waits_in_the_queue_then_shares_its_results(app_jobs):
+    jobs, shown = app_jobs
+    gate = threading.Event()
+    other = jobs.submit("another visitor's sweep", lambda progress: gate.wait(WAIT))
+    threading.Timer(1.5, gate.set).start()
+    at = open_page("attribution", seed=21)  # waits for the worker, then computes
+    assert any(s.state == QUEUED and s.position == 1 for s in shown)
+    assert any(m.label == "Top-1 / phantom p99" for m in at.metric)
+    other.release()
+    started = jobs.started  # the sweep, the candidate test and the jacobian scores
+    assert started == 3
+    again = open_page("attribution", seed=21)  # a second visitor: nothing computed again
+    assert jobs.started == started
+    assert [m.value for m in again.metric] == [m.value for m in at.metric]

@@ -1,11 +1,9 @@
-"""The app's Streamlit-free helpers: shareable-view parsing, limits, uploads, scrubbing, gate."""
+"""The app's Streamlit-free helpers: shareable-view parsing, limits, uploads, scrubbing."""
 
 from __future__ import annotations
 
 import io
 import struct
-import threading
-import time
 import zlib
 
 import numpy as np
@@ -167,53 +165,6 @@ def test_public_message_hides_server_paths():
     assert "/etc" not in text and "Users" not in text
     assert "n/2" in text and "N/A" in text
     assert guard.public_message("see https://example.org/docs") == "see https://example.org/docs"
-
-
-def test_gate_bounds_running_and_waiting_work():
-    gate = guard.Gate()
-    started, release = threading.Event(), threading.Event()
-
-    def hold():
-        with gate.slot(jobs=1, queue=1):
-            started.set()
-            release.wait(10)
-
-    first = threading.Thread(target=hold)
-    first.start()
-    assert started.wait(10) and gate.running == 1
-    waits: list[int] = []
-    got, done = threading.Event(), threading.Event()
-
-    def queued():
-        with gate.slot(1, 1, waits.append):
-            got.set()
-            done.wait(10)
-
-    second = threading.Thread(target=queued)
-    second.start()
-    deadline = time.time() + 10
-    while not waits and time.time() < deadline:
-        time.sleep(0.05)
-    assert waits and waits[0] == 1 and gate.waiting == 1  # the second waits, seeing the queue
-    with pytest.raises(guard.Busy):  # a third finds the one queue place taken
-        with gate.slot(1, 1):
-            pass
-    release.set()
-    first.join(10)
-    assert got.wait(10) and gate.running == 1 and gate.waiting == 0  # the freed slot is taken
-    done.set()
-    second.join(10)
-    assert gate.running == 0
-
-
-def test_gate_frees_its_slot_when_the_work_fails():
-    gate = guard.Gate()
-    with pytest.raises(ValueError):
-        with gate.slot(1, 0):
-            raise ValueError
-    assert gate.running == 0
-    with gate.slot(1, 0):
-        assert gate.running == 1
 
 
 def test_the_shared_server_config_hides_errors_and_developer_tools():

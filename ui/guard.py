@@ -1,18 +1,15 @@
-"""What a shared server keeps from its visitors: server paths, and more work than it can run.
+"""What a shared server keeps from its visitors: server paths.
 
 `public_message` turns an error into text a visitor may read (the full text goes to
-the server log). `Gate` lets at most `Limits.jobs` expensive computations run at once
-and at most `Limits.queue` wait; a waiting page shows its place in the queue and can
-still be stopped or rerun by its visitor.
+the server log). More work than the server can run is kept out by the job manager
+(`tda.jobs`, used through `ui.state.run_job`).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import threading
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 
 log = logging.getLogger("tda.app")
 
@@ -28,50 +25,3 @@ def public_message(error: BaseException | str, names: Mapping[str, str] | None =
     for path, name in sorted((names or {}).items(), key=lambda kv: -len(kv[0])):
         text = text.replace(path, name)
     return _PATH.sub("…", text)
-
-
-class Busy(RuntimeError):
-    """The queue of expensive computations is full."""
-
-
-class Gate:
-    """A bounded pool of slots for expensive work, with a bounded queue in front of it."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.running = 0
-        self.waiting = 0
-
-    @contextmanager
-    def slot(
-        self, jobs: int, queue: int, wait: Callable[[int], None] | None = None
-    ) -> Iterator[None]:
-        """Hold one of `jobs` slots while the block runs; raise Busy if `queue` already wait.
-
-        `wait(ahead)` is called about twice a second while waiting (a page shows the
-        queue there, and Streamlit can stop the run at that call).
-        """
-        with self._cond:
-            if self.running >= jobs and self.waiting >= queue:
-                raise Busy(f"{self.waiting} computations are already waiting")
-            self.waiting += 1
-        try:
-            while True:
-                with self._cond:
-                    if self.running < jobs:
-                        self.running += 1
-                        break
-                    ahead = self.waiting
-                if wait is not None:
-                    wait(ahead)
-                with self._cond:
-                    self._cond.wait(timeout=0.5)
-        finally:
-            with self._cond:
-                self.waiting -= 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self.running -= 1
-                self._cond.notify_all()

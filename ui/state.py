@@ -3,29 +3,40 @@
 Runs are found under the bundled `assets/` folder (`TDA_ASSETS` overrides it) and
 under `TDA_RUNS`; a visitor picks among them, never types a path. The Explorer of a
 run lives in `st.cache_resource` (one per combination rule, sharing the loaded
-members); samples, counterfactuals and attributions in `st.cache_data`, keyed by the
-run's key (path and manifest time), the seed, the rule and the method. The chosen run,
-seed and rule survive page switches (`keep`) and travel in the URL (`ui.urls`).
-Expensive work (attribution sweeps, verification, live evaluation) runs through one
-bounded pool per server (`heavy`), sized by `tda.limits`.
+members). Everything is keyed by the run's key (path and manifest time), the seed, the
+rule and the method, and looked up first in the run's featured results
+(`tda.featured`, precomputed for a few seeds so that a class's first views are instant).
+Cheap work (a sample, its trajectory, one counterfactual chain) is cached in
+`st.cache_data` and computed in the page's own run. Expensive work (member samples,
+attribution sweeps, verification, the candidate test, live evaluation) goes through the
+server's one job manager (`tda.jobs`, sized by `tda.limits`): one computation per
+question whoever asks, a bounded pool and queue, the waiting page showing its place or
+progress, and cancellation when nobody waits any more. The chosen run, seed and rule
+survive page switches (`keep`) and travel in the URL (`ui.urls`).
 """
 
 from __future__ import annotations
 
 import os
 import random
+import tempfile
 import time
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import streamlit as st
+import torch
 
 from tda import TdaError
 from tda import sampling as _sampling
 from tda.api import MAX_SEED, Explorer
 from tda.ensemble import MANIFEST
+from tda.featured import CONTROLS as FEATURED_CONTROLS
+from tda.featured import Entry, Featured, load_featured
+from tda.jobs import QUEUED, Busy, JobManager, Status
 from tda.limits import Limits, limits
 from ui import guard, nav, urls
 
@@ -48,6 +59,8 @@ python -m tda train --dataset mnist --n 384 --members 16 --steps 3000 --out asse
 
 or point the explorer at a folder that holds runs: `TDA_RUNS=/path/to/runs streamlit run app.py`.
 A run is any folder with an `ensemble.json` in it."""
+POLL_S = 0.5  # a waiting page refreshes its place in the queue or progress this often
+RESULTS_KEPT = 256  # finished expensive results kept for everyone (least recently used go)
 
 
 def assets_dir() -> Path:
@@ -150,136 +163,224 @@ def training_index(key: str):
     return load_index(run.path, run.images)
 
 
-@st.cache_resource(show_spinner=False)
-def _ledger() -> set[tuple]:
-    """Which attributions have been computed (process-wide), to find them again."""
-    return set()
+# -- precomputed results and the server's job manager -----------------------------------
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def featured(key: str) -> Featured | None:
+    """The run's precomputed results for its featured seeds (`python -m tda precompute`),
+    None when it has none or they are stale (then everything is computed on demand)."""
+    return load_featured(_loaded(key).run)
+
+
+def featured_seeds(key: str, combine: str) -> list[int]:
+    f = featured(key)
+    return [] if f is None else f.seeds(combine)
+
+
+def _entry(key: str, seed: int, combine: str) -> Entry | None:
+    f = featured(key)
+    return None if f is None else f.get(seed, combine)
 
 
 @st.cache_resource(show_spinner=False)
-def _gate() -> guard.Gate:
-    """The server's one pool for expensive work."""
-    return guard.Gate()
+def jobs() -> JobManager:
+    """The server's one job manager: every expensive computation, shared by all sessions.
 
-
-@contextmanager
-def heavy():
-    """Run the block in one of the server's `Limits.jobs` slots, showing the queue while it
-    waits; when `Limits.queue` computations already wait, say so and stop the page."""
+    `Limits.jobs` run at once (at most the machine's cores), `Limits.queue` wait."""
     lim = limits()
-    box = st.empty()
+    return JobManager(min(lim.jobs, os.cpu_count() or 1), lim.queue, keep=RESULTS_KEPT)
 
-    def wait(queued: int) -> None:
+
+def _show(box, s: Status, text: str) -> None:
+    """A waiting page's view of its job: place in the queue, or progress."""
+    if s.state == QUEUED:
         box.info(
-            f"Waiting for a free worker: {queued} computation(s) queued, {lim.jobs} running. "
-            "This starts by itself.",
+            f"**Queued: place {s.position} of {s.queued}** ({s.running} computation(s) "
+            "running). It starts by itself; anyone who asks the same gets the same result.",
             icon=":material/hourglass_top:",
         )
+    else:
+        done = f" {s.done:.0f}/{s.total:.0f}" if s.total else ""
+        box.progress(s.fraction, text=f"{s.text or text}{done}")
 
+
+def run_job(job_key: tuple, fn: Callable[[Callable], Any], text: str, priority: int = 0) -> Any:
+    """The result of the job `job_key`: known, joined, or computed by `fn(progress)`.
+
+    While the page waits it shows the job's place in the queue or its progress, updated
+    twice a second in one placeholder (no rerun). Leaving the page (another widget, page
+    or seed, a closed tab) stops this run at the next update, which releases the ticket;
+    a job nobody waits for is cancelled. `fn` runs in a worker thread: it must not call
+    Streamlit.
+    """
     try:
-        with _gate().slot(lim.jobs, lim.queue, wait):
-            box.empty()
-            yield
-    except guard.Busy:
-        box.empty()
+        ticket = jobs().submit(job_key, fn, priority=priority, text=text)
+    except Busy:
         st.warning(
             "The server is busy: every worker is taken and the queue is full. Try again "
             "in a minute; results others computed meanwhile will be ready at once.",
             icon=":material/hourglass_disabled:",
         )
         st.stop()
+    with ticket:
+        if not ticket.wait(0.05):
+            box = st.empty()
+            while True:
+                _show(box, ticket.status(), text)
+                if ticket.wait(POLL_S):
+                    break
+            box.empty()
+        return ticket.result()
 
 
 @st.cache_data(show_spinner="Sampling ...", max_entries=64)
-def ensemble_sample(key: str, seed: int, combine: str) -> tuple[np.ndarray, float]:
+def _ensemble_sample(key: str, seed: int, combine: str) -> tuple[np.ndarray, float]:
     t = time.perf_counter()
     y = explorer(key, combine).sample(seed).sample.numpy()
     return y, time.perf_counter() - t
 
 
+def ensemble_sample(key: str, seed: int, combine: str) -> tuple[np.ndarray, float]:
+    """The full ensemble's sample and the seconds it took (precomputed if featured)."""
+    e = _entry(key, seed, combine)
+    if e is not None:
+        return e.sample.numpy(), e.seconds("sample")
+    return _ensemble_sample(key, seed, combine)
+
+
 @st.cache_data(show_spinner="Recording the denoising trajectory ...", max_entries=32)
-def trajectory(key: str, seed: int, combine: str) -> tuple[np.ndarray, np.ndarray, float]:
-    """x after each step (x_T first), the timestep of each, and the seconds it took."""
+def _trajectory(key: str, seed: int, combine: str) -> tuple[np.ndarray, np.ndarray, float]:
     t = time.perf_counter()
     ex = explorer(key, combine)
     traj = ex.trajectory(seed).numpy()
     return traj, ex.chain().timesteps.numpy(), time.perf_counter() - t
 
 
-@st.cache_data(show_spinner="Sampling every member alone ...", max_entries=32)
+def trajectory(key: str, seed: int, combine: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """x after each step (x_T first), the timestep of each, and the seconds it took."""
+    e = _entry(key, seed, combine)
+    if e is not None:
+        t = e.tensors
+        return t["trajectory"].numpy(), t["timesteps"].numpy(), e.seconds("sample")
+    return _trajectory(key, seed, combine)
+
+
 def member_samples(key: str, seed: int, combine: str) -> tuple[np.ndarray, float]:
-    t = time.perf_counter()
-    y = explorer(key, combine).member_samples(seed).numpy()
-    return y, time.perf_counter() - t
+    """Every member alone with the seed's noise [n, C, H, W], and the seconds it took."""
+    e = _entry(key, seed, combine)
+    if e is not None:
+        return e.tensors["members"].numpy(), e.seconds("members")
+    ex = explorer(key, combine)
+
+    def work(progress):
+        t = time.perf_counter()
+        y = ex.y(torch.eye(ex.n), seed, progress=progress).numpy()
+        return y, time.perf_counter() - t
+
+    return run_job(("members", key, seed, combine), work, "Sampling every member alone ...", -1)
 
 
 @st.cache_data(show_spinner="Running the counterfactual chain ...", max_entries=256)
-def counterfactual(key: str, seed: int, active: tuple[bool, ...], combine: str):
+def _counterfactual(key: str, seed: int, active: tuple[bool, ...], combine: str):
     t = time.perf_counter()
     cf = explorer(key, combine).counterfactual(seed, active=list(active))
     return cf, time.perf_counter() - t
 
 
-def _progress(text: str):
-    """A progress bar and its `progress(done, total)` callback.
-
-    Create it inside the cached function that reports to it: Streamlit replays the
-    elements a cached function made, and cannot replay calls on outside blocks.
-    """
-    bar = st.progress(0.0, text=text)
-
-    def update(done: int, total: int) -> None:
-        bar.progress(min(1.0, done / max(total, 1)), text=f"{text} {done}/{total}")
-
-    return bar, update
+def counterfactual(key: str, seed: int, active: tuple[bool, ...], combine: str):
+    """The exact counterfactual of a member mask (one chain: cheap, not queued)."""
+    e = _entry(key, seed, combine)
+    cf = None if e is None else e.counterfactual(active)
+    if cf is not None:
+        return cf, e.seconds("home_counterfactual")
+    return _counterfactual(key, seed, active, combine)
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
 def attribution(key: str, seed: int, method: str, combine: str):
-    """Scores of every training image for the sample of `seed`, drawing a progress bar."""
+    """Scores of every training image for the sample of `seed` (precomputed, shared or
+    computed in the job queue; an exact sweep queues behind shorter work)."""
+    att = cached_attribution(key, seed, method, combine)
+    if att is not None:
+        return att
     from tda.attribution import attribute
 
-    with heavy():
-        bar, update = _progress(f"Scoring every training image with {method} ...")
-        att = attribute(explorer(key, combine), seed, method, progress=update)
-        bar.empty()
-    _ledger().add((key, seed, method, combine))
-    return att
+    ex = explorer(key, combine)
+    return run_job(
+        ("attribution", key, seed, method, combine),
+        lambda progress: attribute(ex, seed, method, progress=progress),
+        f"Scoring every training image with {method} ...",
+        priority=1 if method == "exact" else 0,
+    )
 
 
 def cached_attribution(key: str, seed: int, method: str, combine: str):
-    """The attribution if it was computed before (by anyone), else None; never computes."""
-    done = (key, seed, method, combine) in _ledger()
-    return attribution(key, seed, method, combine) if done else None
+    """The attribution if it is precomputed or was computed before (by anyone), else None;
+    never computes."""
+    e = _entry(key, seed, combine)
+    att = None if e is None else e.attribution(method)
+    if att is not None:
+        return att
+    return jobs().result(("attribution", key, seed, method, combine))
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
 def candidate(key: str, seed: int, combine: str, controls: int):
     """The candidate test of the sample of `seed` (its nearest image vs random ones)."""
+    e = _entry(key, seed, combine)
+    if e is not None and controls == FEATURED_CONTROLS:
+        return e.candidate()
     from tda.candidate import candidate_test
 
-    with heavy():
-        bar, update = _progress("Ablating the nearest training image and random ones ...")
-        test = candidate_test(explorer(key, combine), seed, controls=controls,
-                              chain_progress=update)
-        bar.empty()
-    return test
+    ex = explorer(key, combine)
+    return run_job(
+        ("candidate", key, seed, combine, controls),
+        lambda progress: candidate_test(ex, seed, controls=controls, chain_progress=progress),
+        "Ablating the nearest training image and random ones ...",
+    )
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
 def verified(key: str, seed: int, method: str, m: int, combine: str):
     """The attribution with its top m rescored by exact chains."""
     from tda.attribution import verify_topk
 
     base = attribution(key, seed, method, combine)
-    with heavy():
-        bar, update = _progress(f"Exact chains for the top {m} and the phantoms ...")
-        att = verify_topk(explorer(key, combine), base, m=m, progress=update)
-        bar.empty()
-    return att
+    ex = explorer(key, combine)
+    return run_job(
+        ("verified", key, seed, method, m, combine),
+        lambda progress: verify_topk(ex, base, m=m, progress=progress),
+        f"Exact chains for the top {m} and the phantoms ...",
+    )
+
+
+def live_evaluation(key: str, combine: str, sizes) -> dict:
+    """A small evaluation report (tda.evaluate) in a temporary folder, as a queued job;
+    the run's own classifier is used if it has one, and its saved report is not touched."""
+    from tda.evaluate import evaluate
+    from tda.metrics import CLASSIFIER_DIR
+
+    ex = explorer(key, combine)
+
+    def work(progress):
+        tmp = Path(tempfile.mkdtemp(prefix="tda-diagnostics-"))
+        own = Path(ex.run.path) / CLASSIFIER_DIR
+        return evaluate(
+            ex,
+            tmp / "report",
+            sizes,
+            classifier_dir=own if own.is_dir() else tmp / CLASSIFIER_DIR,
+            progress=lambda what, done, total: progress(done, total, f"{what}:"),
+        )
+
+    return run_job(("live", key, combine, repr(sizes)), work, "Evaluating ...", priority=2)
 
 
 @st.cache_data(show_spinner="Counterfactuals of the top images ...", max_entries=256)
+def _counterfactuals(key, seed, method, verified_m, rows, exact, combine, _att) -> np.ndarray:
+    from tda.attribution import counterfactuals_for
+
+    return counterfactuals_for(explorer(key, combine), _att, list(rows), exact=exact).numpy()
+
+
 def counterfactuals(
     key: str,
     seed: int,
@@ -289,14 +390,13 @@ def counterfactuals(
     exact: bool,
     combine: str,
 ) -> np.ndarray:
-    from tda.attribution import counterfactuals_for
-
+    """Counterfactual samples of training rows for the attribution shown (verified if m)."""
     att = (
         verified(key, seed, method, verified_m, combine)
         if verified_m
         else attribution(key, seed, method, combine)
     )
-    return counterfactuals_for(explorer(key, combine), att, list(rows), exact=exact).numpy()
+    return _counterfactuals(key, seed, method, verified_m, rows, exact, combine, att)
 
 
 # -- the sidebar every page shows ------------------------------------------------------
@@ -370,17 +470,6 @@ def sidebar(title: str = "Home") -> Context:
             on_change=keep("run", labels[0]),
             help="Runs under assets/ and under the folder in TDA_RUNS.",
         )
-        c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
-        seed = c1.number_input(
-            "Seed",
-            min_value=0,
-            max_value=MAX_SEED,
-            step=1,
-            key="seed",
-            on_change=keep("seed", 0),
-            help="Fixes the recorded noise: same seed, same sample.",
-        )
-        c2.button(":material/casino:", on_click=_random_seed, help="A random seed")
     lim = limits()
     try:
         key = run_key(runs[label])
@@ -388,6 +477,20 @@ def sidebar(title: str = "Home") -> Context:
     except (TdaError, OSError) as e:
         names = {runs[label]: label, str(Path(runs[label])): label}
         _stop(f"Cannot open run **{label}**: {guard.public_message(e, names)}", links)
+    f = featured(key)
+    first = f.seeds() if f is not None else []
+    with st.sidebar:
+        c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+        seed = c1.number_input(
+            "Seed",
+            min_value=0,
+            max_value=MAX_SEED,
+            step=1,
+            key="seed",
+            on_change=keep("seed", 0 if not first or 0 in first else first[0]),
+            help="Fixes the recorded noise: same seed, same sample.",
+        )
+        c2.button(":material/casino:", on_click=_random_seed, help="A random seed")
     steps = base.run.config.sample.num_inference_steps
     if steps > lim.steps:
         _stop(
@@ -410,6 +513,13 @@ def sidebar(title: str = "Home") -> Context:
         f"{s['dataset']} · N = {s['N']} images · n = {s['n']} members · "
         f"h = {s['h']} · {s['steps']} steps"
     )
+    ready = featured_seeds(key, combine)
+    if ready:
+        st.sidebar.caption(
+            f"Featured seeds, ready at once: {', '.join(map(str, ready))}",
+            help="Their samples, member samples, candidate test and attribution were "
+            "precomputed with the run; other seeds are computed when asked.",
+        )
     view = urls.view_params(label, int(seed), combine)
     _write_link(view)
     nav.navigation(links, view)
