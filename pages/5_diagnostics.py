@@ -154,6 +154,20 @@ m[4].metric(
 )
 
 # -- sections -----------------------------------------------------------------------------
+if "tar" in figs:
+    st.subheader("Are samples attributable? The candidate test")
+    st.caption(
+        "For each sample of a held-out seed: ablate its nearest training image x̂ and see "
+        "whether its nearest image changes, against random training images ablated the "
+        "same way. TAR = (P(change | x̂) − P(change | random)) / P(unchanged | random)."
+    )
+    left, right = st.columns(2)
+    with left:
+        chart("tar")
+    with right:
+        chart("flip_rates")
+    chart("tar_by_n")
+
 st.subheader("Sample quality")
 st.caption(
     f"{FD_NAME}. References: the real images split in two halves (the floor at this "

@@ -35,8 +35,14 @@ def figures(report: dict) -> dict[str, go.Figure]:
         out["attributability"] = attributability_figure(a["noise_floor"])
     if "class_agreement" in a:
         out["class_agreement"] = class_agreement_figure(a["class_agreement"])
-    if report.get("by_n"):
-        out["by_n"] = by_n_figure(report["by_n"])
+    if report.get("candidate", {}).get("rules"):
+        out["tar"] = tar_figure(report["candidate"], report.get("run", {}).get("N"))
+        out["flip_rates"] = flip_rate_figure(report["candidate"])
+    if any(r.get("tar") for r in report.get("by_n", [])):
+        out["tar_by_n"] = tar_by_n_figure(report["by_n"])
+    floor_rows = [r for r in report.get("by_n", []) if "share_top1_above_p99" in r]
+    if floor_rows:
+        out["by_n"] = by_n_figure(floor_rows)
     if report.get("cost_seconds"):
         out["cost"] = cost_figure(report["cost_seconds"])
     return out
@@ -313,6 +319,78 @@ def by_n_figure(rows: list[dict]) -> go.Figure:
         margin=dict(l=50, r=20, t=100, b=90),
         height=420,
     )
+
+
+RULE_COLOR = {"mean": MEMBER, "mixture": ENSEMBLE}
+
+
+def tar_figure(cand: dict, N: int | None) -> go.Figure:
+    """TAR per combination rule with its 95% interval, beside the paper's figure."""
+    from .candidate import PAPER_TAR
+
+    fig = go.Figure()
+    rules = list(cand["rules"])
+    for rule in rules:
+        t = cand["rules"][rule]
+        fig.add_bar(
+            x=[rule], y=[t["tar"]], name=rule, marker_color=RULE_COLOR.get(rule, ENSEMBLE),
+            error_y=dict(type="data", symmetric=False, array=[t["tar_high"] - t["tar"]],
+                         arrayminus=[t["tar"] - t["tar_low"]]),
+            text=[f"{t['tar']:.2f}"], textposition="inside",
+            hovertemplate=(f"{rule}: TAR %{{y:.2f}} ({t['tar_low']:.2f}–{t['tar_high']:.2f})<br>"
+                           f"x̂ ablation changes the sample {t['p_change_candidate']:.0%}, "
+                           f"a random one {t['p_change_random']:.0%}<extra></extra>"),
+        )
+    if N in PAPER_TAR:
+        fig.add_hline(y=PAPER_TAR[N], line_dash="dash", line_color=PHANTOM,
+                      annotation_text=f"paper, MNIST N = {N:,}: {PAPER_TAR[N]:.2f}")
+    samples = cand["rules"][rules[0]]["samples"]
+    return _layout(
+        fig, f"Candidate test: true attribution rate<br><sup>{samples} samples of held-out "
+        "seeds; bars: 95% bootstrap intervals</sup>", yaxis=dict(range=[-0.1, 1.1]),
+        showlegend=False, height=360)
+
+
+def flip_rate_figure(cand: dict) -> go.Figure:
+    """Per-sample flip rates (the candidate test's p-values), per rule."""
+    fig = go.Figure()
+    for rule, t in cand["rules"].items():
+        ps = t["per_sample"]
+        changed = np.asarray(ps["changed"], dtype=bool)
+        fig.add_histogram(x=np.asarray(ps["flip_rate"])[changed], name=f"{rule}: x̂ changes it",
+                          marker_color=RULE_COLOR.get(rule, ENSEMBLE), opacity=0.75,
+                          xbins=dict(start=0, end=1.0001, size=1 / 16))
+    return _layout(
+        fig, "Each sample's flip rate<br><sup>share of random ablations that change its "
+        "nearest training image, over samples whose x̂ ablation changes it: near 0 = "
+        "attributable</sup>", barmode="overlay", xaxis_title="flip rate (p-value)",
+        yaxis_title="samples", height=360)
+
+
+def tar_by_n_figure(rows: list[dict]) -> go.Figure:
+    """TAR of every run in the report against N, per rule, with the paper's MNIST curve."""
+    from .candidate import PAPER_TAR
+
+    fig = go.Figure()
+    fig.add_scatter(x=list(PAPER_TAR), y=list(PAPER_TAR.values()), mode="lines+markers",
+                    line=dict(dash="dash", color=PHANTOM),
+                    name="paper (22 GPU UNets, 32×32)")
+    rules = sorted({rule for r in rows for rule in r.get("tar", {})})
+    for rule in rules:
+        pts = sorted(((r["N"], r["tar"][rule]) for r in rows if rule in r.get("tar", {})),
+                     key=lambda p: p[0])
+        fig.add_scatter(
+            x=[p[0] for p in pts], y=[p[1]["tar"] for p in pts], mode="lines+markers",
+            name=rule, marker=dict(size=11, color=RULE_COLOR.get(rule, ENSEMBLE)),
+            error_y=dict(type="data", symmetric=False,
+                         array=[p[1]["tar_high"] - p[1]["tar"] for p in pts],
+                         arrayminus=[p[1]["tar"] - p[1]["tar_low"] for p in pts]),
+        )
+    return _layout(
+        fig, "True attribution rate vs training-set size<br><sup>this run and the runs it "
+        "is compared with</sup>", xaxis=dict(type="log", title="training images N"),
+        yaxis=dict(range=[-0.1, 1.1], title="TAR"), legend=dict(orientation="h", y=-0.25),
+        height=400)
 
 
 def cost_figure(cost: dict) -> go.Figure:

@@ -167,7 +167,8 @@ def test_evaluate_writes_a_complete_resumable_report(evaluated, capsys):
     for name in saved["figures"]:
         pio.from_json((run / "report" / f"{name}.json").read_text())
         assert (run / "report" / f"{name}.html").stat().st_size > 0
-    assert {"fidelity", "convergence", "agreement", "noise_floor", "by_n"} <= set(saved["figures"])
+    assert {"fidelity", "convergence", "agreement", "noise_floor", "by_n", "tar", "flip_rates",
+            "tar_by_n"} <= set(saved["figures"])
     # resumable: a rerun (through the CLI) reuses every saved part and cache file
     parts = {p: p.stat().st_mtime_ns for p in (run / "report").rglob("*.safetensors")}
     parts |= {p: p.stat().st_mtime_ns for p in (run / "report" / "parts").iterdir()}
