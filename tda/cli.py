@@ -7,8 +7,11 @@ print one line (`error: ...`) and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -190,6 +193,24 @@ def _save(tensors: dict[str, torch.Tensor], out: Path) -> None:
         raise TdaError(f"cannot write {out}: {e}") from e
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM raises KeyboardInterrupt in the main thread, so cleanup (terminating worker
+    processes) runs as for Ctrl-C; the default handler would leave the workers orphaned."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from .train import train_run
 
@@ -199,13 +220,16 @@ def cmd_train(a: argparse.Namespace) -> int:
         model=ModelConfig(tuple(_int_list(a.channels_per_block, "--channels-per-block")),
                           attention=a.attention),
         ensemble=EnsembleConfig(a.members, h, a.seed),
-        train=TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, lr_schedule=a.lr_schedule, init=a.init, seed=a.seed,
+        train=TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr,
+                          lr_schedule=a.lr_schedule, init=a.init, seed=a.seed,
                           pretrain_steps=a.pretrain_steps,
                           pretrain_batch_size=a.pretrain_batch_size, replay=a.replay),
         sample=SampleConfig(num_inference_steps=a.sample_steps, combine=a.combine),
     )
     t0 = time.time()
-    done = train_run(a.out, config, workers=a.workers, stop_after=a.stop_after, device=a.device)
+    with _sigterm_interrupts():  # `kill` stops worker processes too, checkpoints kept
+        done = train_run(a.out, config, workers=a.workers, stop_after=a.stop_after,
+                         device=a.device)
     state = "finished" if done else "paused (re-run the same command to continue)"
     print(f"{a.out}: training {state} after {time.time() - t0:.1f} s")
     return 0

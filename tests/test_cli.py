@@ -168,3 +168,43 @@ def test_configure_sets_the_runs_default_rule(tiny_run_copy, capsys):
     assert read_manifest(tiny_run_copy).get("stats") == stats
     assert main(["candidate", "--run", str(tiny_run_copy), "--seed", "x"]) == 2
     assert "--seed must be" in capsys.readouterr().err
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def test_sigterm_during_training_stops_every_worker_and_keeps_the_run(tmp_path):
+    """`kill` on a parallel training ends its worker processes too (none left orphaned);
+    the same command then resumes."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "tda", "train", "--dataset", "digits", "--n", "16",
+            "--members", "6", "--weight", "3", "--image-size", "8", "--steps", "100000",
+            "--batch-size", "8", "--channels-per-block", "8,16", "--workers", "2",
+            "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300  # imports alone take a while on a busy machine
+        while len(_children(proc.pid)) < 3 and time.time() < deadline:  # both workers up
+            time.sleep(0.5)
+        workers = _children(proc.pid)  # two workers and multiprocessing's resource tracker
+        assert len(workers) >= 3
+        time.sleep(3)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 130
+        assert "interrupted" in proc.stderr.read()
+        deadline = time.time() + 10
+        while any(Path(f"/proc/{w}").exists() for w in workers) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(Path(f"/proc/{w}").exists() and "Z" not in
+                       Path(f"/proc/{w}/stat").read_text().split()[2] for w in workers)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (out / "run_config.json").is_file()  # the run is kept, to be resumed
