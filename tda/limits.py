@@ -18,6 +18,9 @@ warning in the server log, and the default is used.
 | TDA_MAX_UPLOAD_PIXELS   | 16777216    | width × height of an uploaded image (4096²)         |
 | TDA_MAX_LIVE_SAMPLES    | 256         | samples per model of Diagnostics' live evaluation   |
 | TDA_MAX_LIVE_SEEDS      | 8           | seeds scored exactly by the live evaluation         |
+| TDA_THREADS             | 1           | torch threads of each page run and each job (they   |
+|                         |             | run side by side; two-thread ops on a busy 2-core   |
+|                         |             | machine were measured 10x slower than one)          |
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class Limits:
     upload_pixels: int = 4096 * 4096
     live_samples: int = 256
     live_seeds: int = 8
+    threads: int = 1
 
 
 ENV = {
@@ -52,6 +56,7 @@ ENV = {
     "upload_pixels": "TDA_MAX_UPLOAD_PIXELS",
     "live_samples": "TDA_MAX_LIVE_SAMPLES",
     "live_seeds": "TDA_MAX_LIVE_SEEDS",
+    "threads": "TDA_THREADS",
 }
 
 

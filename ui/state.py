@@ -17,9 +17,11 @@ survive page switches (`keep`) and travel in the URL (`ui.urls`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,6 +63,7 @@ or point the explorer at a folder that holds runs: `TDA_RUNS=/path/to/runs strea
 A run is any folder with an `ensemble.json` in it."""
 POLL_S = 0.5  # a waiting page refreshes its place in the queue or progress this often
 RESULTS_KEPT = 256  # finished expensive results kept for everyone (least recently used go)
+JOB_NICE = 10  # jobs yield the CPU to page runs, so that cheap views stay responsive
 
 
 def assets_dir() -> Path:
@@ -214,8 +217,16 @@ def run_job(job_key: tuple, fn: Callable[[Callable], Any], text: str, priority: 
     a job nobody waits for is cancelled. `fn` runs in a worker thread: it must not call
     Streamlit.
     """
+    threads = limits().threads
+
+    def work(progress):
+        torch.set_num_threads(threads)  # per thread: a new worker thread has its own
+        with contextlib.suppress(OSError):  # Linux: a thread's own niceness
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), JOB_NICE)
+        return fn(progress)
+
     try:
-        ticket = jobs().submit(job_key, fn, priority=priority, text=text)
+        ticket = jobs().submit(job_key, work, priority=priority, text=text)
     except Busy:
         st.warning(
             "The server is busy: every worker is taken and the queue is full. Try again "
@@ -452,6 +463,7 @@ def sidebar(title: str = "Home") -> Context:
     Stops the page with a clear message if there is no run or it cannot be opened.
     """
     nav.configure(title)
+    torch.set_num_threads(limits().threads)  # this page run's thread (sessions run side by side)
     links = st.sidebar.container()  # the navigation, drawn once the view is known
     runs = discover_runs()
     if not runs:
