@@ -264,6 +264,7 @@ class JobManager:
             value = job.fn(progress)
         except Cancelled:
             state = CANCELLED
+            log.info("job %r cancelled: nobody waits for it", job.key)
         except BaseException as e:  # noqa: BLE001 - handed to every waiter
             state, error = FAILED, e
             log.warning("job %r failed: %r", job.key, e)
