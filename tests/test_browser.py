@@ -215,8 +215,8 @@ def test_deep_link_on_a_fresh_server(tiny_env, page, tmp_path, path):
         wait_until_done(page)
         page.get_by_role("heading", name=title).first.wait_for()
         main = page.locator('[data-testid="stMain"]')
-        for sel in selectors:
-            main.locator(sel).first.wait_for(state="visible")
+        for sel in selectors:  # a visible one: a collapsed expander hides its chart
+            main.locator(f"{sel} >> visible=true").first.wait_for(state="visible")
         for text in texts:  # waits: under load a run may start late or rerun
             main.get_by_text(text).first.wait_for(state="visible")
         wait_until_done(page)
