@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train at most this many more steps per member in this call")
     t.add_argument("--device", default="cpu",
                    help="cpu or cuda (the random stream stays on the CPU: resumes anywhere)")
+    _backend_args(t)
+    t.add_argument("--gpus-per-member", type=float, default=0.0,
+                   help="--backend ray with --device cuda: share of a GPU per member, e.g. "
+                   "0.25 trains four members on each GPU (default 1)")
     t.add_argument("--out", required=True, type=Path)
     t.set_defaults(func=cmd_train)
 
@@ -166,6 +170,24 @@ def _run_arg(p: argparse.ArgumentParser) -> None:
                    help="how each step combines the members (default: the run's)")
 
 
+def _backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="local", choices=("local", "ray"),
+                   help="where the work runs: local processes, or tasks on a Ray cluster")
+    p.add_argument("--ray-address", default=None,
+                   help="the Ray cluster (default: $RAY_ADDRESS, else a local Ray for this call)")
+    p.add_argument("--ray-shared-path", action="store_true",
+                   help="the run directory has the same path on every Ray node (a shared file "
+                   "system): tasks read and write it there instead of sending bytes")
+
+
+def _executor(a: argparse.Namespace):
+    """The executor of --backend (closed after the command: a Ray started for it stops)."""
+    from .executor import open_executor
+
+    return open_executor(a.backend, a.ray_address, getattr(a, "workers", None),
+                         a.ray_shared_path)
+
+
 def _explorer(a: argparse.Namespace):
     from .api import Explorer
 
@@ -227,9 +249,10 @@ def cmd_train(a: argparse.Namespace) -> int:
         sample=SampleConfig(num_inference_steps=a.sample_steps, combine=a.combine),
     )
     t0 = time.time()
-    with _sigterm_interrupts():  # `kill` stops worker processes too, checkpoints kept
-        done = train_run(a.out, config, workers=a.workers, stop_after=a.stop_after,
-                         device=a.device)
+    # `kill` stops worker processes (or Ray tasks) too, checkpoints kept
+    with _sigterm_interrupts(), _executor(a) as executor:
+        done = train_run(a.out, config, stop_after=a.stop_after, device=a.device,
+                         executor=executor, gpus_per_member=a.gpus_per_member)
     state = "finished" if done else "paused (re-run the same command to continue)"
     print(f"{a.out}: training {state} after {time.time() - t0:.1f} s")
     return 0

@@ -17,15 +17,21 @@ keeps the common model's general skill while it learns its own images.
 Checkpoints (`checkpoints/NN.safetensors`: weights, Adam state, step, RNG state) are
 written atomically every `checkpoint_every` steps; re-running the same command resumes
 from them and never retrains a finished member (`members/NN/` exists).
+
+Where members train is an executor's choice (`executor.py`, jobs in `train_jobs.py`):
+local processes read and write the run directory themselves; on a Ray cluster, each
+member trains in tasks of `checkpoint_every` steps that start from the checkpoint this
+process sends and send back the next checkpoint or the finished member's files, which
+this process alone writes, atomically, as above. Both give the same files, bit for bit.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import multiprocessing as mp
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,11 +53,13 @@ from .ensemble import (
     save_data,
     write_manifest,
 )
+from .executor import Executor, LocalExecutor
 from .index import build_index, save_index
 
 STARTED = "run_config.json"  # the config a run directory was started with
 CKPT_DIR = "checkpoints"
 BASE_DIR = "base"  # the pretrained starting point of every member (init="pretrained")
+WEIGHTS = "diffusion_pytorch_model.safetensors"  # a member's (or the base's) weights file
 INITS = ("shared", "independent", "pretrained")
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -111,6 +119,8 @@ def train_run(
     progress: bool = True,
     stop_after: int | None = None,
     device: str = "cpu",
+    executor: Executor | None = None,
+    gpus_per_member: float = 0.0,
 ) -> bool:
     """Train every unfinished member, then write index and manifest.
 
@@ -118,35 +128,25 @@ def train_run(
     time-boxed session); the run finishes on a later call. Returns True when done.
     `device` ("cpu", "cuda", "cuda:1"): where the models train; the random stream
     stays on the CPU, so checkpoints resume on any device.
+    `executor`: where members train; default `LocalExecutor(workers)`: here (1 worker)
+    or in that many local processes (default: one per core). A remote one (Ray) runs
+    one task per member and checkpoint interval, each on one CPU or `gpus_per_member`
+    of a GPU (`device` cuda; 1 by default); this process writes what they send back.
     """
     out = Path(out)
-    device = str(check_device(device))  # a clear error before any work
+    executor = executor or LocalExecutor(workers)
+    device, gpus = _device_and_gpus(device, executor.remote, gpus_per_member)
     prepare_run(out, config)
     n = config.ensemble.n_members
     pending = [i for i in range(n) if not member_dir(out, i).is_dir()]
     t0 = time.time()
-    if pending and config.train.init == "pretrained" and not (out / BASE_DIR).is_dir():
-        bar = _Bar("base", config.train.pretrain_steps, progress)
-        try:
-            done = train_base(out, config, torch.get_num_threads(), stop_after, bar, device)
-        finally:
-            bar.close()
-        if not done:
-            return False
     if pending:
-        workers = max(1, min(workers or (os.cpu_count() or 1), len(pending)))
-        # torch's thread count honours OMP_NUM_THREADS and torch.set_num_threads
-        threads = max(1, torch.get_num_threads() // workers)
-        if workers == 1:
-            before = torch.get_num_threads()
-            try:
-                for i in pending:
-                    train_member(out, config, i, threads, stop_after,
-                                 _Bar(i, config.train.steps, progress), device)
-            finally:
-                torch.set_num_threads(before)  # leave the caller's setting as it was
+        from .train_jobs import train_by_bytes, train_in_place
+
+        if executor.remote and not executor.shared_path:
+            train_by_bytes(out, config, pending, stop_after, progress, device, executor, gpus)
         else:
-            _train_parallel(out, config, pending, workers, threads, stop_after, progress, device)
+            train_in_place(out, config, pending, stop_after, progress, device, executor, gpus)
     if any(not member_dir(out, i).is_dir() for i in range(n)):
         return False
     save_index(out, build_index(load_file_np(out / TRAIN)["images"]))
@@ -156,6 +156,25 @@ def train_run(
     write_manifest(out, config, {"stats": stats})
     shutil.rmtree(out / CKPT_DIR, ignore_errors=True)
     return True
+
+
+def _device_and_gpus(device: str, remote: bool, gpus: float) -> tuple[str, float]:
+    """A clear error before any work; a remote executor's device is its nodes', not ours."""
+    if gpus < 0:
+        raise TdaError(f"--gpus-per-member must be >= 0, got {gpus}")
+    if not remote:
+        if gpus:
+            raise TdaError("--gpus-per-member needs --backend ray (a local run uses --device)")
+        return str(check_device(device)), 0.0
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise TdaError(f"unknown device {device!r}: use cpu or cuda") from e
+    if gpus and dev.type != "cuda":
+        raise TdaError("--gpus-per-member needs --device cuda")
+    if dev.type == "cuda":  # each task sees only the GPU Ray gave it
+        return "cuda", gpus or 1.0
+    return dev.type, 0.0
 
 
 def set_sampling_defaults(run_dir: str | Path, combine: str | None = None) -> RunConfig:
@@ -225,7 +244,7 @@ def train_member(
     seed = member_seed(config, i)
     model = new_member(config, seed)
     if tc.init == "pretrained":
-        model.load_state_dict(load_file(str(Path(out) / BASE_DIR / "diffusion_pytorch_model.safetensors")))
+        model.load_state_dict(load_file(str(Path(out) / BASE_DIR / WEIGHTS)))
     replay = base_data(config) if tc.replay > 0 else None
     return _fit(model, member_data(out, i), config, seed + 1, tc.steps, tc.batch_size,
                 out, member_dir(out, i), threads, stop_after, report, replay, device)
@@ -238,34 +257,71 @@ def _fit(model, data, config: RunConfig, seed: int, steps: int, batch_size: int,
     from `out/checkpoints/<dest name>.safetensors`; returns True once `dest` is written.
     `replay`: images of which `round(config.train.replay * batch_size)` fill each batch."""
     torch.set_num_threads(threads)
-    tc = config.train
-    model.to(device)
-    data = data.to(device)
-    replay = None if replay is None else replay.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(seed)
-    sched = make_scheduler(config)
-    ckpt = Path(out) / CKPT_DIR / f"{dest.name}.safetensors"
-    step = _load_checkpoint(ckpt, model, opt, gen) if ckpt.is_file() else 0
-    end = steps if stop_after is None else min(steps, step + stop_after)
-    model.train()
-    while step < end:
-        for g in opt.param_groups:
-            g["lr"] = learning_rate(tc, step, steps)
-        loss = _train_step(model, opt, sched, data, gen, tc, batch_size, replay)
-        step += 1
-        if report is not None:
-            report(step, loss)
-        if step % tc.checkpoint_every == 0 or step == end:
-            _save_checkpoint(ckpt, model, opt, gen, step)
-    if step < steps:
+    fit = Fit(model, data, config, seed, steps, batch_size, replay, device)
+    ckpt = checkpoint_path(out, dest.name)
+    if ckpt.is_file():
+        _load_checkpoint(ckpt, fit)
+    end = steps if stop_after is None else min(steps, fit.step + stop_after)
+    fit.run(end, report, save=lambda: _save_checkpoint(ckpt, fit))
+    if fit.step < steps:
         return False
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.eval().to("cpu").save_pretrained(tmp, safe_serialization=True)
-    os.replace(tmp, dest)
+    write_folder(dest, model_files(model))
     ckpt.unlink(missing_ok=True)
     return True
+
+
+class Fit:
+    """One model in training: weights, AdamW state, random stream (on the CPU), step."""
+
+    def __init__(self, model, data, config: RunConfig, seed: int, steps: int, batch_size: int,
+                 replay: torch.Tensor | None = None, device: str = "cpu"):
+        self.tc = config.train
+        self.model = model.to(device)
+        self.data = data.to(device)
+        self.replay = None if replay is None else replay.to(device)
+        self.opt = torch.optim.AdamW(model.parameters(), lr=self.tc.lr, weight_decay=0.0)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.sched = make_scheduler(config)
+        self.steps, self.batch_size, self.step = steps, batch_size, 0
+
+    def run(self, end: int, report=None, save=None) -> float:
+        """Train up to step `end`; `save()` at every checkpoint step and at `end`."""
+        loss = float("nan")
+        self.model.train()
+        while self.step < end:
+            for g in self.opt.param_groups:
+                g["lr"] = learning_rate(self.tc, self.step, self.steps)
+            loss = _train_step(self.model, self.opt, self.sched, self.data, self.gen, self.tc,
+                               self.batch_size, self.replay)
+            self.step += 1
+            if report is not None:
+                report(self.step, loss)
+            if save is not None and (self.step % self.tc.checkpoint_every == 0 or self.step == end):
+                save()
+        return loss
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The checkpoint's tensors."""
+        t = {f"model.{k}": v.detach().cpu().contiguous()
+             for k, v in self.model.state_dict().items()}
+        for pid, st in self.opt.state_dict()["state"].items():
+            for k, v in st.items():
+                t[f"opt.{pid}.{k}"] = torch.as_tensor(v).cpu().contiguous()
+        t["rng"] = self.gen.get_state()
+        t["step"] = torch.tensor(self.step)
+        return t
+
+    def restore(self, t: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
+        sd = self.opt.state_dict()
+        n_params = len(sd["param_groups"][0]["params"])
+        sd["state"] = {
+            pid: {k.split(".", 2)[2]: v for k, v in t.items() if k.startswith(f"opt.{pid}.")}
+            for pid in range(n_params)
+        }
+        self.opt.load_state_dict(sd)
+        self.gen.set_state(t["rng"])
+        self.step = int(t["step"])
 
 
 def learning_rate(tc, step: int, steps: int) -> float:
@@ -296,62 +352,67 @@ def _train_step(model, opt, sched, data, gen, tc, B, replay=None) -> float:
     return float(loss.detach())
 
 
-def _save_checkpoint(path: Path, model, opt, gen, step: int) -> None:
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    for pid, st in opt.state_dict()["state"].items():
-        for k, v in st.items():
-            tensors[f"opt.{pid}.{k}"] = torch.as_tensor(v).cpu().contiguous()
-    tensors["rng"] = gen.get_state()
-    tensors["step"] = torch.tensor(step)
+def checkpoint_path(out: Path, name: str) -> Path:
+    """The checkpoint of the model whose folder is `name` ("base", "03")."""
+    return Path(out) / CKPT_DIR / f"{name}.safetensors"
+
+
+def _save_checkpoint(path: Path, fit: Fit) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp))
+    save_file(fit.state(), str(tmp))
     os.replace(tmp, path)
 
 
-def _load_checkpoint(path: Path, model, opt, gen) -> int:
+def _load_checkpoint(path: Path, fit: Fit) -> None:
     try:
         t = load_file(str(path))
     except Exception as e:  # a truncated file from a hard kill: start this member over
         print(f"checkpoint {path} unreadable ({e}); restarting member from step 0")
-        return 0
-    model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
-    sd = opt.state_dict()
-    n_params = len(sd["param_groups"][0]["params"])
-    sd["state"] = {
-        pid: {k.split(".", 2)[2]: v for k, v in t.items() if k.startswith(f"opt.{pid}.")}
-        for pid in range(n_params)
-    }
-    opt.load_state_dict(sd)
-    gen.set_state(t["rng"])
-    return int(t["step"])
+        return
+    fit.restore(t)
 
 
-class _Bar:
-    """Progress of one member: a tqdm bar in this process."""
+def model_files(model) -> dict[str, bytes]:
+    """A model's `save_pretrained` folder (safetensors) as {relative path: bytes}."""
+    with tempfile.TemporaryDirectory() as d:
+        model.eval().to("cpu").save_pretrained(d, safe_serialization=True)
+        return {p.relative_to(d).as_posix(): p.read_bytes()
+                for p in sorted(Path(d).rglob("*")) if p.is_file()}
 
-    def __init__(self, i: int | str, total: int, show: bool, position: int = 0):
-        self.bar = None
-        if show:
-            from tqdm import tqdm
 
-            name = i if isinstance(i, str) else f"member {i:02d}"
-            self.bar = tqdm(total=total, desc=name, position=position,
-                            leave=True, dynamic_ncols=True)
+def write_folder(dest: Path, files: dict[str, bytes]) -> None:
+    """Write a folder at once: into `.name.tmp` first, then renamed to `dest`; an
+    interrupt on the way leaves neither."""
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for rel, data in files.items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_bytes(data)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
-    def __call__(self, step: int, loss: float) -> None:
-        if self.bar is not None and (step % 10 == 0 or step == self.bar.total):
-            self.bar.n = step
-            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-            self.bar.refresh()
 
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write a file at once (a temporary file renamed); an interrupt leaves the old one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _worker(out: str, config_json: str, i: int, threads: int, stop_after, queue,
             device: str = "cpu") -> None:
+    """A member process of a `train` started before the executor existed and still running
+    (its driver spawns this by name): that driver's protocol, (i, step, loss) every 10
+    steps, then (i, -1, 0.0). Remove once no such process can be running."""
     config = RunConfig.from_json(config_json)
 
     def report(step: int, loss: float) -> None:
@@ -360,46 +421,3 @@ def _worker(out: str, config_json: str, i: int, threads: int, stop_after, queue,
 
     train_member(Path(out), config, i, threads, stop_after, report, device)
     queue.put((i, -1, 0.0))
-
-
-def _train_parallel(out, config, pending, workers, threads, stop_after, progress, device) -> None:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    todo = list(pending)
-    running: dict[int, mp.Process] = {}
-    bars: dict[int, _Bar] = {}
-    try:
-        while todo or running:
-            while todo and len(running) < workers:
-                i = todo.pop(0)
-                p = ctx.Process(target=_worker, daemon=True,
-                                args=(str(out), config.to_json(), i, threads, stop_after, queue, device))
-                p.start()
-                running[i] = p
-                bars[i] = _Bar(i, config.train.steps, progress, position=len(bars))
-            _drain(queue, bars)
-            for i, p in list(running.items()):
-                if not p.is_alive():
-                    p.join()
-                    del running[i]
-                    bars[i].close()
-                    if p.exitcode != 0:
-                        raise TdaError(f"training member {i:02d} failed (exit code {p.exitcode}); "
-                                       "re-run the same command to resume")
-            time.sleep(0.2)
-    finally:
-        for p in running.values():
-            p.terminate()
-        _drain(queue, bars)
-
-
-def _drain(queue, bars) -> None:
-    import queue as q
-
-    while True:
-        try:
-            i, step, loss = queue.get_nowait()
-        except q.Empty:
-            return
-        if step >= 0 and i in bars:
-            bars[i](step, loss)

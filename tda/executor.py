@@ -1,0 +1,361 @@
+"""Where independent pieces of work run: local processes (the default) or a Ray cluster.
+
+A `Job` is a module-level function, its arguments and the resources it needs. An
+executor runs jobs and hands each result to the caller *in this process* as it arrives
+(`done(job, result)`, which may return follow-up jobs), so this process can stay the
+only writer of a run directory. A job sends progress with `report(msg)`; the executor
+relays it here as `on_report(key, msg)`. On an error or Ctrl-C, the jobs not finished
+are cancelled and the error is raised; whatever `done` wrote stays.
+
+Backends (`open_executor`):
+- `local` (`LocalExecutor`): one worker runs jobs here, one after another; more
+  workers run one spawned process per job, that many at once.
+- `ray` (`RayExecutor`): one Ray task per job (`num_cpus`, `num_gpus` from the job),
+  retried when its worker or node is lost; torch's threads are set inside the task.
+  `ray` is imported only here, and only when this backend is chosen.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue as queue_lib
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import TdaError
+
+BACKENDS = ("local", "ray")
+MAX_RETRIES = 3  # Ray re-runs a job this often when its worker or node is lost
+FAULT_DIR_ENV = "TDA_FAULT_DIR"  # tests: a job whose key has a file `<key>` there dies once
+POLL_S = 0.2  # how often the driver looks at progress while it waits
+
+Done = Callable[["Job", Any], Iterable["Job"] | None]
+OnReport = Callable[[Hashable, Any], None]
+
+
+@dataclass
+class Job:
+    """fn(*args, report=...) somewhere; `key` names it (unique among running jobs)."""
+
+    key: Hashable
+    fn: Callable[..., Any]
+    args: tuple = ()
+    cpus: float = 1.0
+    gpus: float = 0.0
+    threads: int | None = None  # torch threads inside the job (None: leave as it is)
+
+
+class JobError(TdaError):
+    """A job failed (its own error, or its worker lost more often than retries allow)."""
+
+    def __init__(self, key: Hashable, detail: str):
+        super().__init__(f"job {key} failed: {detail}")
+        self.key, self.detail = key, detail
+
+
+class Executor:
+    """Runs jobs; `remote`: jobs see neither this process's objects nor its files."""
+
+    name = "base"
+    remote = False
+    shared_path = True  # jobs may read and write the run directory by its path
+
+    def run(self, jobs: Iterable[Job], done: Done | None = None,
+            on_report: OnReport | None = None) -> None:
+        raise NotImplementedError
+
+    def share(self, value: Any) -> Any:
+        """A handle to `value` that jobs receive as an argument (sent once, not per job)."""
+        return value
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_executor(backend: str = "local", address: str | None = None, workers: int | None = None,
+                  shared_path: bool = False) -> Executor:
+    """The executor of a backend name: `local` (`workers` processes) or `ray` (`address`)."""
+    if backend == "local":
+        if address or shared_path:
+            raise TdaError("--ray-address and --ray-shared-path need --backend ray")
+        return LocalExecutor(workers)
+    if backend == "ray":
+        return RayExecutor(address, shared_path=shared_path)
+    raise TdaError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
+# --- local ---------------------------------------------------------------------------
+
+
+class LocalExecutor(Executor):
+    """Jobs here, in order (`workers` <= 1), or one spawned process per job, `workers` at once."""
+
+    name = "local"
+
+    def __init__(self, workers: int | None = 1):
+        self.workers = max(1, workers or (os.cpu_count() or 1))
+
+    def run(self, jobs, done=None, on_report=None) -> None:
+        if self.workers == 1:
+            self._run_here(deque(jobs), done, on_report)
+        else:
+            self._run_processes(deque(jobs), done, on_report)
+
+    def _run_here(self, todo: deque, done, on_report) -> None:
+        before = torch.get_num_threads()
+        try:
+            while todo:
+                job = todo.popleft()
+                if job.threads:
+                    torch.set_num_threads(job.threads)
+                report = _relay(job.key, on_report)
+                todo.extend(_follow(done, job, job.fn(*job.args, report=report)))
+        finally:
+            torch.set_num_threads(before)  # leave the caller's setting as it was
+
+    def _run_processes(self, todo: deque, done, on_report) -> None:
+        ctx = mp.get_context("spawn")
+        inbox = ctx.Queue()
+        running: dict[Hashable, tuple[Job, Any]] = {}
+        results: dict[Hashable, Any] = {}
+        errors: dict[Hashable, str] = {}
+        try:
+            while todo or running:
+                while todo and len(running) < self.workers:
+                    job = todo.popleft()
+                    p = ctx.Process(target=_local_main, daemon=True,
+                                    args=(job.fn, job.key, job.threads, inbox, job.args))
+                    p.start()
+                    running[job.key] = (job, p)
+                ended = [k for k, (_, p) in running.items() if not p.is_alive()]
+                _drain(inbox, results, errors, on_report)  # an ended job's last words are in
+                for key in ended:
+                    job, p = running.pop(key)
+                    p.join()
+                    if p.exitcode == 0 and key not in results:
+                        _drain(inbox, results, errors, on_report, wait_for=key)
+                    if p.exitcode != 0 or key not in results:
+                        raise JobError(key, errors.get(key) or f"exit code {p.exitcode}")
+                    todo.extend(_follow(done, job, results.pop(key)))
+                time.sleep(POLL_S)
+        finally:
+            for _, p in running.values():
+                p.terminate()
+            for _, p in running.values():
+                p.join(5)
+            _drain(inbox, results, errors, on_report)
+
+
+def _local_main(fn, key, threads, inbox, args) -> None:
+    """A job in a spawned process: messages (key, kind, payload) go back through `inbox`."""
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        result = fn(*args, report=lambda msg: inbox.put((key, "report", msg)))
+    except BaseException as e:
+        inbox.put((key, "error", f"{type(e).__name__}: {e}"))
+        raise
+    inbox.put((key, "result", result))
+
+
+def _drain(inbox, results, errors, on_report, wait_for: Hashable | None = None) -> None:
+    deadline = time.time() + 10
+    while True:
+        try:
+            if wait_for is None:
+                key, kind, payload = inbox.get_nowait()
+            else:
+                key, kind, payload = inbox.get(timeout=0.5)
+        except queue_lib.Empty:
+            if wait_for is None or wait_for in results or time.time() > deadline:
+                return
+            continue
+        if kind == "report":
+            if on_report is not None:
+                on_report(key, payload)
+        elif kind == "result":
+            results[key] = payload
+        else:
+            errors[key] = payload
+        if wait_for is not None and wait_for in results:
+            wait_for = None
+
+
+def _relay(key: Hashable, on_report: OnReport | None) -> Callable[[Any], None]:
+    if on_report is None:
+        return lambda msg: None
+    return lambda msg: on_report(key, msg)
+
+
+def _follow(done: Done | None, job: Job, result: Any) -> list[Job]:
+    return list(done(job, result) or ()) if done is not None else []
+
+
+# --- ray -------------------------------------------------------------------------------
+
+
+class RayExecutor(Executor):
+    """One Ray task per job on a Ray cluster: `address`, else $RAY_ADDRESS, else a local
+    Ray started here (and shut down by `close`). An already initialised Ray is used as is.
+    `shared_path`: the run directory is at the same path on every node (a shared file
+    system), so jobs may read and write it there instead of sending bytes."""
+
+    name = "ray"
+    remote = True
+
+    def __init__(self, address: str | None = None, shared_path: bool = False,
+                 max_retries: int = MAX_RETRIES):
+        try:
+            import ray
+        except ImportError as e:
+            raise TdaError("--backend ray needs Ray: pip install -r requirements-dev.txt "
+                           "(or pip install ray)") from e
+        self.ray = ray
+        self.shared_path = shared_path
+        self.max_retries = max_retries
+        self.owns_ray = False
+        self._inbox = None
+        self._task = None
+        if not ray.is_initialized():
+            self._connect(address or os.environ.get("RAY_ADDRESS"))
+
+    def _connect(self, address: str | None) -> None:
+        import logging
+
+        ray = self.ray
+        if address:  # send this package along, so nodes need only the Python packages
+            pkg = str(Path(__file__).resolve().parent)
+            try:
+                ray.init(address=address, runtime_env={"py_modules": [pkg]},
+                         logging_level=logging.WARNING)
+            except (ConnectionError, ValueError, RuntimeError) as e:
+                raise TdaError(f"cannot connect to the Ray cluster at {address!r}: {e}") from e
+        else:  # a fresh local Ray for this call, never a stray one left on this machine
+            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+        self.owns_ray = True
+
+    def close(self) -> None:
+        if self._inbox is not None:
+            try:
+                self.ray.kill(self._inbox)
+            except Exception:  # the cluster may be gone already
+                pass
+            self._inbox = None
+        if self.owns_ray:
+            self.ray.shutdown()
+            self.owns_ray = False
+
+    def share(self, value: Any) -> Any:
+        return self.ray.put(value)
+
+    def run(self, jobs, done=None, on_report=None) -> None:
+        ray = self.ray
+        if self._task is None:
+            self._task = ray.remote(_ray_main)
+        inbox = self._get_inbox() if on_report is not None else None
+        token = os.urandom(8).hex()  # this call's reports; late ones of an earlier call are dropped
+        pending: dict[Any, Job] = {}
+
+        def submit(job: Job) -> None:
+            threads = job.threads or max(1, int(job.cpus))
+            ref = self._task.options(
+                num_cpus=job.cpus, num_gpus=job.gpus, max_retries=self.max_retries,
+                retry_exceptions=False, name=f"tda {job.key}",
+            ).remote(job.fn, job.key, threads, inbox, token, *job.args)
+            pending[ref] = job
+
+        def relay() -> None:
+            for tok, key, msg in ray.get(inbox.take.remote()):
+                if tok == token:
+                    on_report(key, msg)
+
+        for job in jobs:
+            submit(job)
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=POLL_S)
+                if inbox is not None:
+                    relay()
+                for ref in ready:
+                    job = pending.pop(ref)
+                    for nxt in _follow(done, job, self._result(ref, job)):
+                        submit(nxt)
+            if inbox is not None:
+                relay()
+        finally:
+            for ref in pending:  # not finished: cancel, running or queued
+                ray.cancel(ref, force=True)
+
+    def _result(self, ref, job: Job) -> Any:
+        ray = self.ray
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as e:  # the job's own error: no retry helps
+            cause = e.cause if isinstance(e.cause, BaseException) else e
+            if isinstance(cause, TdaError):
+                raise cause from None
+            raise JobError(job.key, f"{type(cause).__name__}: {cause}") from e
+        except ray.exceptions.RayError as e:  # lost worker or node, after max_retries
+            raise JobError(job.key, f"{type(e).__name__} after {self.max_retries} retries: "
+                           f"{str(e).splitlines()[0] if str(e) else ''}") from e
+
+    def _get_inbox(self):
+        """A small actor on this node that collects the jobs' progress messages."""
+        if self._inbox is None:
+            ray = self.ray
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            here = ray.get_runtime_context().get_node_id()
+            self._inbox = ray.remote(_Inbox).options(
+                num_cpus=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True),
+            ).remote()
+        return self._inbox
+
+
+class _Inbox:
+    def __init__(self):
+        self.messages: list = []
+
+    def put(self, token: str, key: Hashable, msg: Any) -> None:
+        self.messages.append((token, key, msg))
+
+    def take(self) -> list:
+        out, self.messages = self.messages, []
+        return out
+
+
+def _ray_main(fn, key, threads, inbox, token, *args):
+    """A job inside a Ray task."""
+    _die_once_if_asked(key)
+    torch.set_num_threads(threads)
+    if inbox is None:
+        return fn(*args, report=lambda msg: None)
+    return fn(*args, report=lambda msg: inbox.put.remote(token, key, msg))
+
+
+def _die_once_if_asked(key: Hashable) -> None:
+    """Tests: a worker lost mid-job. With $TDA_FAULT_DIR/<key> present, the first attempt
+    takes the file away and kills its own worker process; Ray then retries the job."""
+    folder = os.environ.get(FAULT_DIR_ENV)
+    if not folder:
+        return
+    marker = Path(folder) / str(key)
+    try:
+        os.replace(marker, marker.with_name(marker.name + ".died"))
+    except OSError:
+        return  # no such marker (or another attempt took it)
+    os._exit(1)

@@ -1,0 +1,205 @@
+"""Executors: local processes and a Ray cluster train the same run, file for file; a
+lost worker, a lost node and Ctrl-C cost no result.
+
+Every Ray test shares one small cluster (`ray.cluster_utils.Cluster`: a head that runs
+no tasks and one 2-CPU node); skipped when Ray is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from tda import TdaError
+from tda.ensemble import MANIFEST, member_dir
+from tda.executor import FAULT_DIR_ENV, Job, JobError, LocalExecutor, RayExecutor
+from tda.train import CKPT_DIR, train_run
+
+ray = pytest.importorskip("ray")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+
+def _files(run: Path) -> dict[str, str]:
+    return json.loads((run / MANIFEST).read_text())["files"]
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    """Same files with the same sha256, and the same sample (a check of the check)."""
+    assert _files(a) == _files(b)
+    assert (a / "run_config.json").read_text() == (b / "run_config.json").read_text()
+    from tda.api import Explorer
+
+    assert torch.equal(Explorer(a).sample(3).sample, Explorer(b).sample(3).sample)
+
+
+def _no_leftovers(run: Path) -> None:
+    """Nothing half-written: no temporary file or folder anywhere in the run."""
+    assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A head node without CPUs (so tasks run on worker nodes) and one 2-CPU node."""
+    faults = tmp_path_factory.mktemp("faults")
+    c = Cluster(initialize_head=True,
+                head_node_args={"num_cpus": 0, "include_dashboard": False,
+                                "object_store_memory": 100 * 1024**2})
+    c.add_node(num_cpus=2, object_store_memory=150 * 1024**2)
+    ray.init(address=c.address, logging_level="WARNING",
+             runtime_env={"env_vars": {FAULT_DIR_ENV: str(faults), "OMP_NUM_THREADS": "1"}})
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # this file's jobs
+    c.faults = faults
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+def _train_ray(out: Path, **kw) -> bool:
+    with RayExecutor() as ex:  # the cluster's Ray, already initialised: kept running
+        return train_run(out, tiny_config(), progress=False, executor=ex, **kw)
+
+
+def test_local_processes_train_the_same_members_as_one_process(tiny_run_dir, tiny_run_copy):
+    for i in (1, 4):  # two members in two processes
+        shutil.rmtree(member_dir(tiny_run_copy, i))
+    (tiny_run_copy / MANIFEST).unlink()
+    assert train_run(tiny_run_copy, tiny_config(), workers=2, progress=False)
+    _assert_same_run(tiny_run_copy, tiny_run_dir)
+
+
+def test_local_jobs_run_here_in_order_and_pass_on_errors():
+    seen = []
+    jobs = [Job(k, _echo, (k,)) for k in range(3)]
+    LocalExecutor(1).run(jobs, lambda job, r: seen.append(r), lambda k, m: seen.append(("r", m)))
+    assert seen == [("r", 0), 0, ("r", 1), 1, ("r", 2), 2]
+    with pytest.raises(JobError, match="job 7 failed: ValueError: no 7"):
+        LocalExecutor(2).run([Job(7, _fail, (7,))])
+
+
+def _echo(x, report):
+    report(x)
+    return x
+
+
+def _fail(x, report):
+    raise ValueError(f"no {x}")
+
+
+def test_ray_run_equals_the_local_run_file_for_file(cluster, tiny_run_dir, tmp_path):
+    out = tmp_path / "ray"
+    assert _train_ray(out)
+    _assert_same_run(out, tiny_run_dir)
+    assert not (out / CKPT_DIR).exists()
+
+
+def test_ray_on_a_shared_path_writes_in_place_the_same_run(cluster, tiny_run_dir, tmp_path):
+    out = tmp_path / "shared"
+    with RayExecutor(shared_path=True) as ex:
+        assert train_run(out, tiny_config(), progress=False, executor=ex)
+    _assert_same_run(out, tiny_run_dir)
+
+
+def test_ray_pretrained_base_replay_and_stop_after_equal_local(cluster, tmp_path):
+    cfg = tiny_config(steps=6, init="pretrained", pretrain_steps=12, pretrain_batch_size=8,
+                      replay=0.5)
+    ref, out = tmp_path / "ref", tmp_path / "ray"
+    assert train_run(ref, cfg, workers=1, progress=False)
+    with RayExecutor() as ex:
+        assert train_run(out, cfg, progress=False, executor=ex, stop_after=5) is False
+        assert _checkpoints(out) == [out / CKPT_DIR / "base.safetensors"]
+        assert train_run(out, cfg, progress=False, executor=ex) is True
+    _assert_same_run(out, ref)
+
+
+def test_a_worker_lost_on_first_attempt_is_retried(cluster, tiny_run_dir, tmp_path):
+    doomed = ["01@10", "04@0"]  # member 01's second task and member 04's first die once
+    for key in doomed:
+        (cluster.faults / key).touch()
+    out = tmp_path / "lost-worker"
+    assert _train_ray(out)
+    assert all((cluster.faults / f"{k}.died").exists() for k in doomed)
+    _assert_same_run(out, tiny_run_dir)
+
+
+def test_a_node_removed_mid_training_costs_no_result(cluster, tiny_run_dir, tmp_path):
+    node = cluster.add_node(num_cpus=2, object_store_memory=150 * 1024**2)
+    out = tmp_path / "lost-node"
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.setdefault("done", _train_ray(out)))
+    worker.start()
+    deadline = time.time() + 240
+    # both nodes busy (4 CPUs for 6 members) and some checkpoints back: remove one node
+    while time.time() < deadline and worker.is_alive():
+        if ray.available_resources().get("CPU", 0) == 0 and len(_checkpoints(out)) >= 2:
+            break
+        time.sleep(0.05)
+    assert worker.is_alive(), "training ended before the node could be removed"
+    cluster.remove_node(node)
+    worker.join(300)
+    assert result.get("done") is True
+    _assert_same_run(out, tiny_run_dir)
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    return list((out / CKPT_DIR).glob("*.safetensors")) if (out / CKPT_DIR).is_dir() else []
+
+
+def test_ctrl_c_leaves_a_run_that_the_same_command_resumes(cluster, tiny_run_dir, tmp_path):
+    out = tmp_path / "interrupted"
+
+    def interrupt_once_checkpoints_arrive():
+        deadline = time.time() + 240
+        while time.time() < deadline and len(_checkpoints(out)) < 3:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_checkpoints_arrive, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        _train_ray(out)
+        time.sleep(5)  # had training ended first, the interrupt still lands here
+    assert not (out / MANIFEST).exists()
+    assert _checkpoints(out)
+    _no_leftovers(out)
+    assert _train_ray(out)  # the same command again
+    _assert_same_run(out, tiny_run_dir)
+
+
+def test_cli_backend_ray_and_its_errors(cluster, tmp_path, capsys):
+    from tda.cli import main
+
+    args = ("train --dataset digits --n 16 --members 6 --weight 3 --image-size 8 --steps 5 "
+            "--batch-size 16 --channels-per-block 8,16 --sample-steps 10 --workers 1").split()
+    assert main([*args, "--out", str(tmp_path / "local")]) == 0
+    assert main([*args, "--out", str(tmp_path / "ray"), "--backend", "ray"]) == 0
+    assert _files(tmp_path / "ray") == _files(tmp_path / "local")
+    assert ray.is_initialized()  # a Ray the command did not start is left running
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "x"), "--gpus-per-member", "0.5"]) == 2
+    assert "--gpus-per-member needs --backend ray" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "x"), "--backend", "ray",
+                 "--gpus-per-member", "0.5"]) == 2
+    assert "--gpus-per-member needs --device cuda" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "x"), "--ray-address", "auto"]) == 2
+    assert "need --backend ray" in capsys.readouterr().err
+
+
+def test_a_failing_job_fails_the_call_with_its_own_error(cluster):
+    with RayExecutor() as ex:
+        with pytest.raises(JobError, match="job 3 failed: ValueError: no 3"):
+            ex.run([Job(3, _fail, (3,)), Job(4, _echo, (4,))])
+        with pytest.raises(TdaError, match="bad input"):  # a user's error stays itself
+            ex.run([Job(5, _user_error, ())])
+
+
+def _user_error(report):
+    raise TdaError("bad input")
