@@ -296,8 +296,13 @@ class RayExecutor(Executor):
             if inbox is not None:
                 relay()
         finally:
-            for ref in pending:  # not finished: cancel, running or queued
-                ray.cancel(ref, force=True)
+            if pending:  # cancel what has not finished, queued or running
+                _, unfinished = ray.wait(list(pending), num_returns=len(pending), timeout=0,
+                                         fetch_local=False)
+                for ref in unfinished:
+                    # not force=True: Ray 2.60's driver can abort on a forced cancel that
+                    # races the task's own completion; a running job gets KeyboardInterrupt
+                    ray.cancel(ref, force=False)
 
     def _result(self, ref, job: Job) -> Any:
         ray = self.ray
