@@ -16,6 +16,7 @@ attributability figure (DESIGN.md section 8).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -26,6 +27,7 @@ import torch
 from . import TdaError
 from .api import Explorer
 from .encoding import phantom_codes, u0, without_codes
+from .executor import Executor, Job, LocalExecutor, open_explorer, run_source
 from .index import load_index, search
 from .sampling import mix_step
 
@@ -107,8 +109,10 @@ def attribute(
     steps: int | None = None,
     n_phantoms: int | None = None,
     progress: Progress = None,
+    executor: Executor | None = None,
 ) -> Attribution:
-    """Score every training image of the run for the sample of `seed`."""
+    """Score every training image of the run for the sample of `seed`; `executor`: where
+    the exact method's sweeps run (default: here)."""
     if method not in METHODS:
         raise TdaError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     codes = explorer.run.codes
@@ -120,7 +124,7 @@ def attribute(
         scores, null, state, exact = _nearest(explorer, sample), np.zeros(0, np.float32), {}, False
     else:
         fn = {
-            "exact": _exact,
+            "exact": functools.partial(_exact, executor=executor),
             "jacobian": _jacobian,
             "last-step": _last_step,
             "individual": _individual,
@@ -145,26 +149,58 @@ def attribute(
 
 
 def exact_counterfactuals(
-    explorer: Explorer, seed: int, steps: int | None, codes: np.ndarray, progress: Progress = None
+    explorer: Explorer,
+    seed: int,
+    steps: int | None,
+    codes: np.ndarray,
+    progress: Progress = None,
+    executor: Executor | None = None,
 ) -> torch.Tensor:
-    """y(u_-c, eps) for every code c (rows of `codes`), in batched sweeps: [M, C, H, W]."""
+    """y(u_-c, eps) for every code c (rows of `codes`), in batched sweeps: [M, C, H, W].
+
+    Sweeps of SWEEP_CHUNK chains run here one after another, or, with a remote
+    `executor` (Ray), as one task each (one CPU and one torch thread, or one GPU when
+    the explorer's device is cuda), all at once as far as the cluster allows.
+    """
     W = without_codes(codes)
-    out = []
-    n_chunks = max(1, -(-len(W) // SWEEP_CHUNK))
-    for c in range(n_chunks):
-        part = W[c * SWEEP_CHUNK : (c + 1) * SWEEP_CHUNK]
+    if len(W) == 0:
+        return torch.zeros(0, *explorer.run.image_shape)
+    if executor is None or not executor.remote:
+        executor = LocalExecutor(1)  # here: the loaded run, this process's threads
+    parts = [W[s : s + SWEEP_CHUNK] for s in range(0, len(W), SWEEP_CHUNK)]
+    K = len(explorer.chain(steps).timesteps)
+    source = run_source(explorer, executor)
+    gpus = 1.0 if explorer.device.type == "cuda" else 0.0
+    device = explorer.device.type if executor.remote else str(explorer.device)
+    jobs = [Job(c, _sweep, (source, device, explorer.combine, explorer.chunk, part, seed, steps),
+                cpus=1, gpus=gpus, threads=1 if executor.remote else None)
+            for c, part in enumerate(parts)]
+    done_steps = [0] * len(parts)
+    out: dict[int, torch.Tensor] = {}
 
-        def step_progress(k: int, K: int, c: int = c) -> None:
-            if progress is not None:
-                progress(c * K + k, n_chunks * K)
+    def on_report(c: int, k: int) -> None:
+        done_steps[c] = k
+        if progress is not None:
+            progress(sum(done_steps), len(parts) * K)
 
-        out.append(explorer.y(part, seed, steps, progress=step_progress))
-    return torch.cat(out) if out else torch.zeros(0, *explorer.run.image_shape)
+    def done(job: Job, y: torch.Tensor) -> None:
+        out[job.key] = y
+        on_report(job.key, K)
+
+    executor.run(jobs, done, on_report)
+    return torch.cat([out[c] for c in range(len(parts))])
 
 
-def _exact(explorer, seed, steps, codes, method, progress):
+def _sweep(source, device: str, combine: str, chunk: int, weights: torch.Tensor, seed: int,
+           steps: int | None, report) -> torch.Tensor:
+    """One sweep: y(weights, eps) wherever the executor runs it."""
+    explorer = open_explorer(source, device, combine, chunk)
+    return explorer.y(weights, seed, steps, progress=lambda k, K: report(k))
+
+
+def _exact(explorer, seed, steps, codes, method, progress, executor=None):
     y0 = explorer.sample(seed, steps).sample
-    return exact_counterfactuals(explorer, seed, steps, codes, progress) - y0, {}
+    return exact_counterfactuals(explorer, seed, steps, codes, progress, executor) - y0, {}
 
 
 def jacobian(
@@ -284,12 +320,13 @@ def verify_topk(
     m: int = 64,
     n_phantoms: int = 128,
     progress: Progress = None,
+    executor: Executor | None = None,
 ) -> Attribution:
     """Re-score the top m rows of an approximate attribution with exact chains.
 
     The verified rows move to the front in exact order and get exact scores and
     p-values against `n_phantoms` phantoms scored exactly; other rows keep the
-    approximation's scores and order behind them.
+    approximation's scores and order behind them. `executor`: where the chains run.
     """
     if att.exact:
         return att
@@ -299,7 +336,7 @@ def verify_topk(
     codes = explorer.run.codes
     ph = phantom_codes(codes, n_phantoms, seed=1)
     cf = exact_counterfactuals(
-        explorer, att.seed, att.steps, np.concatenate([codes[top], ph]), progress
+        explorer, att.seed, att.steps, np.concatenate([codes[top], ph]), progress, executor
     )
     norms = (cf - att.sample).flatten(1).norm(dim=1).numpy().astype(np.float32)
     exact_top, exact_null = norms[:m], norms[m:]

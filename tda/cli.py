@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="re-check the best M candidates with exact chains and re-rank")
     at.add_argument("--phantoms", type=int, default=None,
                     help="phantom codes for the noise floor (default: N, at most 512)")
+    _backend_args(at)
     at.add_argument("--out", required=True, type=Path)
     at.set_defaults(func=cmd_attribute)
 
@@ -389,9 +390,11 @@ def cmd_attribute(a: argparse.Namespace) -> int:
             bar.total, bar.n = total, done
             bar.refresh()
 
-        att = attribute(ex, a.seed, a.method, a.steps, n_phantoms=a.phantoms, progress=progress)
-        if a.verify:
-            att = verify_topk(ex, att, a.verify, progress=progress)
+        with _executor(a) as executor:
+            att = attribute(ex, a.seed, a.method, a.steps, n_phantoms=a.phantoms,
+                            progress=progress, executor=executor)
+            if a.verify:
+                att = verify_topk(ex, att, a.verify, progress=progress, executor=executor)
     out = {"scores": torch.from_numpy(att.scores), "order": torch.from_numpy(att.order),
            "sample": att.sample, "null_scores": torch.from_numpy(att.null_scores),
            "pvalues": torch.from_numpy(att.pvalues)}

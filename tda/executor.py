@@ -13,15 +13,22 @@ Backends (`open_executor`):
 - `ray` (`RayExecutor`): one Ray task per job (`num_cpus`, `num_gpus` from the job),
   retried when its worker or node is lost; torch's threads are set inside the task.
   `ray` is imported only here, and only when this backend is chosen.
+
+`run_source` / `open_explorer` bring a run to where a job runs: the loaded Explorer
+itself (local), the run's path (a cluster whose nodes share it), or its files sent
+once through Ray's object store and unpacked into a cache folder on each node.
 """
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing as mp
 import os
 import queue as queue_lib
+import shutil
+import tempfile
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -364,3 +371,76 @@ def _die_once_if_asked(key: Hashable) -> None:
     except OSError:
         return  # no such marker (or another attempt took it)
     os._exit(1)
+
+
+# --- runs where jobs run ---------------------------------------------------------------
+
+_EXPLORERS: OrderedDict[tuple, Any] = OrderedDict()
+MAX_OPEN_RUNS = 2  # loaded runs kept per worker process
+RUN_CACHE = "tda-runs"  # folder in the node's temp dir holding runs sent to it
+
+
+def run_source(explorer, executor: Executor) -> Any:
+    """What a job needs to open `explorer`'s run where it runs (see `open_explorer`)."""
+    if not executor.remote:
+        return explorer
+    if executor.shared_path:
+        return str(Path(explorer.run.path).resolve())
+    return executor.share(run_files(explorer.run.path))
+
+
+def run_files(run_dir: str | Path) -> dict[str, bytes]:
+    """The files of a run that sampling reads: manifest, codes, data, scheduler, members."""
+    from .ensemble import MANIFEST, read_manifest
+
+    run_dir = Path(run_dir)
+    listed = read_manifest(run_dir)["files"]
+    files = {MANIFEST: (run_dir / MANIFEST).read_bytes()}
+    for rel, digest in listed.items():
+        if rel.startswith(("index", "base/")):
+            continue
+        files[rel] = (run_dir / rel).read_bytes()
+        if hashlib.sha256(files[rel]).hexdigest() != digest:
+            raise TdaError(f"run {run_dir}: file {rel} changed since the run was written "
+                           f"(its sha256 differs from {MANIFEST}); restore or retrain it")
+    return files
+
+
+def open_explorer(source: Any, device: str, combine: str, chunk: int):
+    """An Explorer from `run_source`'s answer, kept open for the next job of this process."""
+    from .api import Explorer
+
+    if isinstance(source, Explorer):
+        return source
+    path = Path(source) if isinstance(source, str) else _unpack(source)
+    key = (str(path), device, combine, chunk)
+    if key not in _EXPLORERS:
+        from .ensemble import load_run
+
+        run = load_run(path, device=device, verify=isinstance(source, str))
+        _EXPLORERS[key] = Explorer(run, device=device, chunk=chunk, combine=combine)
+        while len(_EXPLORERS) > MAX_OPEN_RUNS:
+            _EXPLORERS.popitem(last=False)
+    _EXPLORERS.move_to_end(key)
+    return _EXPLORERS[key]
+
+
+def _unpack(files: dict[str, bytes]) -> Path:
+    """Write a run's files once per node into a folder named by their content."""
+    from .ensemble import MANIFEST
+
+    digest = hashlib.sha256(files[MANIFEST]).hexdigest()[:24]
+    dest = Path(tempfile.gettempdir()) / RUN_CACHE / digest
+    if dest.is_dir():
+        return dest
+    tmp = dest.with_name(f".{digest}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for rel, data in files.items():
+        p = tmp / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    try:
+        os.rename(tmp, dest)  # atomic; another worker of this node may have won
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest

@@ -1,5 +1,5 @@
-"""Executors: local processes and a Ray cluster train the same run, file for file; a
-lost worker, a lost node and Ctrl-C cost no result.
+"""Executors: local processes and a Ray cluster train the same run, file for file, and
+sweep the same counterfactuals; a lost worker, a lost node and Ctrl-C cost no result.
 
 Every Ray test shares one small cluster (`ray.cluster_utils.Cluster`: a head that runs
 no tasks and one 2-CPU node); skipped when Ray is not installed.
@@ -16,11 +16,14 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_config
 
 from tda import TdaError
+from tda.attribution import attribute, exact_counterfactuals
+from tda.encoding import phantom_codes
 from tda.ensemble import MANIFEST, member_dir
 from tda.executor import FAULT_DIR_ENV, Job, JobError, LocalExecutor, RayExecutor
 from tda.train import CKPT_DIR, train_run
@@ -121,6 +124,26 @@ def test_ray_pretrained_base_replay_and_stop_after_equal_local(cluster, tmp_path
     _assert_same_run(out, ref)
 
 
+def test_ray_sweep_equals_the_local_sweep(cluster, tiny_explorer, monkeypatch):
+    import tda.attribution
+
+    monkeypatch.setattr(tda.attribution, "SWEEP_CHUNK", 7)
+    phantoms = phantom_codes(tiny_explorer.run.codes, 8, 1)  # the 4 codes C(6,3) has left
+    codes = np.concatenate([tiny_explorer.run.codes, phantoms])  # 20 chains: 3 tasks
+    local = exact_counterfactuals(tiny_explorer, 5, None, codes)
+    seen = []
+    with RayExecutor() as ex:
+        remote = exact_counterfactuals(tiny_explorer, 5, None, codes,
+                                       progress=lambda k, K: seen.append((k, K)), executor=ex)
+        att = attribute(tiny_explorer, 5, "exact", n_phantoms=8, executor=ex)
+    with RayExecutor(shared_path=True) as ex:  # the nodes read the run from its path
+        assert torch.equal(exact_counterfactuals(tiny_explorer, 5, None, codes, executor=ex), local)
+    assert torch.equal(remote, local)
+    assert len(codes) == 20 and seen[-1] == (30, 30)  # 3 sweeps of 10 steps each
+    ref = attribute(tiny_explorer, 5, "exact", n_phantoms=8)
+    assert np.array_equal(att.scores, ref.scores) and np.array_equal(att.null_scores, ref.null_scores)
+
+
 def test_a_worker_lost_on_first_attempt_is_retried(cluster, tiny_run_dir, tmp_path):
     doomed = ["01@10", "04@0"]  # member 01's second task and member 04's first die once
     for key in doomed:
@@ -183,6 +206,11 @@ def test_cli_backend_ray_and_its_errors(cluster, tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "ray"), "--backend", "ray"]) == 0
     assert _files(tmp_path / "ray") == _files(tmp_path / "local")
     assert ray.is_initialized()  # a Ray the command did not start is left running
+    run = str(tmp_path / "ray")
+    out = tmp_path / "att.safetensors"
+    assert main(["attribute", "--run", run, "--method", "exact", "--phantoms", "4",
+                 "--backend", "ray", "--out", str(out)]) == 0
+    assert out.is_file()
     capsys.readouterr()
     assert main([*args, "--out", str(tmp_path / "x"), "--gpus-per-member", "0.5"]) == 2
     assert "--gpus-per-member needs --backend ray" in capsys.readouterr().err
