@@ -216,7 +216,8 @@ def _follow(done: Done | None, job: Job, result: Any) -> list[Job]:
 
 class RayExecutor(Executor):
     """One Ray task per job on a Ray cluster: `address`, else $RAY_ADDRESS, else a local
-    Ray started here (and shut down by `close`). An already initialised Ray is used as is.
+    Ray started here (`local_cpus`: its CPUs, default all) and shut down by `close`. An
+    already initialised Ray is used as is.
     `shared_path`: the run directory is at the same path on every node (a shared file
     system), so jobs may read and write it there instead of sending bytes."""
 
@@ -224,7 +225,7 @@ class RayExecutor(Executor):
     remote = True
 
     def __init__(self, address: str | None = None, shared_path: bool = False,
-                 max_retries: int = MAX_RETRIES):
+                 max_retries: int = MAX_RETRIES, local_cpus: int | None = None):
         try:
             import ray
         except ImportError as e:
@@ -237,9 +238,9 @@ class RayExecutor(Executor):
         self._inbox = None
         self._task = None
         if not ray.is_initialized():
-            self._connect(address or os.environ.get("RAY_ADDRESS"))
+            self._connect(address or os.environ.get("RAY_ADDRESS"), local_cpus)
 
-    def _connect(self, address: str | None) -> None:
+    def _connect(self, address: str | None, local_cpus: int | None) -> None:
         import logging
 
         ray = self.ray
@@ -251,7 +252,8 @@ class RayExecutor(Executor):
             except (ConnectionError, ValueError, RuntimeError) as e:
                 raise TdaError(f"cannot connect to the Ray cluster at {address!r}: {e}") from e
         else:  # a fresh local Ray for this call, never a stray one left on this machine
-            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+            ray.init(address="local", num_cpus=local_cpus, include_dashboard=False,
+                     logging_level=logging.WARNING)
         self.owns_ray = True
 
     def close(self) -> None:
@@ -277,6 +279,9 @@ class RayExecutor(Executor):
         pending: dict[Any, Job] = {}
 
         def submit(job: Job) -> None:
+            if job.gpus and not ray.cluster_resources().get("GPU"):
+                raise TdaError("the Ray cluster has no GPU: join GPU nodes (ray start "
+                               "--num-gpus=G) or train with --device cpu")
             threads = job.threads or max(1, int(job.cpus))
             ref = self._task.options(
                 num_cpus=job.cpus, num_gpus=job.gpus, max_retries=self.max_retries,
@@ -289,9 +294,9 @@ class RayExecutor(Executor):
                 if tok == token:
                     on_report(key, msg)
 
-        for job in jobs:
-            submit(job)
         try:
+            for job in jobs:
+                submit(job)
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=POLL_S)
                 if inbox is not None:
@@ -303,13 +308,20 @@ class RayExecutor(Executor):
             if inbox is not None:
                 relay()
         finally:
-            if pending:  # cancel what has not finished, queued or running
-                _, unfinished = ray.wait(list(pending), num_returns=len(pending), timeout=0,
-                                         fetch_local=False)
-                for ref in unfinished:
-                    # not force=True: Ray 2.60's driver can abort on a forced cancel that
-                    # races the task's own completion; a running job gets KeyboardInterrupt
-                    ray.cancel(ref, force=False)
+            if pending:
+                self._cancel(list(pending))
+
+    def _cancel(self, refs: list) -> None:
+        """Cancel the tasks not finished yet, queued or running (a running job gets
+        KeyboardInterrupt). Not force=True: Ray 2.60's driver can abort on a forced
+        cancel that races the task's own completion."""
+        ray = self.ray
+        try:
+            _, unfinished = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+            for ref in unfinished:
+                ray.cancel(ref, force=False)
+        except Exception:  # the cluster is gone: nothing left to cancel; keep the first error
+            pass
 
     def _result(self, ref, job: Job) -> Any:
         ray = self.ray

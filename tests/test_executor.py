@@ -217,6 +217,9 @@ def test_cli_backend_ray_and_its_errors(cluster, tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "x"), "--backend", "ray",
                  "--gpus-per-member", "0.5"]) == 2
     assert "--gpus-per-member needs --device cuda" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "x"), "--backend", "ray", "--device", "cuda",
+                 "--gpus-per-member", "0.5"]) == 2
+    assert "the Ray cluster has no GPU" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "x"), "--ray-address", "auto"]) == 2
     assert "need --backend ray" in capsys.readouterr().err
 
