@@ -250,8 +250,9 @@ def cmd_train(a: argparse.Namespace) -> int:
         sample=SampleConfig(num_inference_steps=a.sample_steps, combine=a.combine),
     )
     t0 = time.time()
-    # `kill` stops worker processes (or Ray tasks) too, checkpoints kept
-    with _sigterm_interrupts(), _executor(a) as executor:
+    # `kill` stops worker processes (or Ray tasks) too, checkpoints kept; after the
+    # executor, whose ray.init installs a SIGTERM handler of its own
+    with _executor(a) as executor, _sigterm_interrupts():
         done = train_run(a.out, config, stop_after=a.stop_after, device=a.device,
                          executor=executor, gpus_per_member=a.gpus_per_member)
     state = "finished" if done else "paused (re-run the same command to continue)"

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -195,6 +196,60 @@ def test_ctrl_c_leaves_a_run_that_the_same_command_resumes(cluster, tiny_run_dir
     _no_leftovers(out)
     assert _train_ray(out)  # the same command again
     _assert_same_run(out, tiny_run_dir)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_ctrl_c_stops_the_ray_a_command_started_and_every_process_of_it(tmp_path):
+    """A real `python -m tda train --backend ray` (a local Ray of its own) and Ctrl-C."""
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "tda", *(
+        "train --dataset digits --n 16 --members 6 --weight 3 --image-size 8 --steps 600 "
+        "--batch-size 16 --channels-per-block 8,16 --backend ray").split(), "--out", str(out)]
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(cmd, cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None and not _checkpoints(out):
+            time.sleep(0.2)
+        assert _checkpoints(out), "no checkpoint before the deadline"
+        family = _descendants(proc.pid)  # its Ray: GCS, raylet, workers, ...
+        assert family
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "interrupted: finished work is kept" in err
+    time.sleep(2)
+    assert not [p for p in family if _alive(p)], "processes of the command's Ray remain"
+    _no_leftovers(out)
+    assert not (out / MANIFEST).exists() and _checkpoints(out)
+
+
+def _descendants(pid: int) -> set[int]:
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parent[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out.update(kids)
+        todo += kids
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited
 
 
 def test_cli_backend_ray_and_its_errors(cluster, tmp_path, capsys):
