@@ -224,7 +224,12 @@ def test_the_attribution_page_waits_in_the_queue_then_shares_its_results(app_job
     jobs, shown = app_jobs
     gate = threading.Event()
     other = jobs.submit("another visitor's sweep", lambda progress: gate.wait(WAIT))
-    threading.Timer(1.5, gate.set).start()
+
+    def release_when_the_page_waits() -> None:  # and the page has shown its place
+        until(lambda: any(s.state == QUEUED for s in shown), timeout=60)
+        gate.set()
+
+    threading.Thread(target=release_when_the_page_waits, daemon=True).start()
     at = open_page("attribution", seed=21)  # waits for the worker, then computes
     assert any(s.state == QUEUED and s.position == 1 for s in shown)
     assert any(m.label == "Top-1 / phantom p99" for m in at.metric)
