@@ -35,6 +35,9 @@ MEMBERS_DIR = "members"
 INDEX = "index.faiss"
 INDEX_META = "index.json"
 MANIFEST_KEYS = ("files", "config", "N", "n", "h", "image_size", "channels")
+# folders the manifest does not hash: training checkpoints, and results derived from the run
+# that are rebuilt often and carry their own check (tda.featured: the run's fingerprint)
+UNHASHED = ("checkpoints", "featured")
 
 
 def member_dir(run_dir: Path, i: int) -> Path:
@@ -111,7 +114,7 @@ def write_manifest(run_dir: Path, config: RunConfig, extra: dict | None = None) 
         p.relative_to(run_dir).as_posix(): sha256(p)
         for p in sorted(run_dir.rglob("*"))
         if p.is_file() and p.name != MANIFEST and not p.name.endswith(".tmp")
-        and not any(part.startswith(".") or part == "checkpoints" for part in p.relative_to(run_dir).parts)
+        and not any(part.startswith(".") or part in UNHASHED for part in p.relative_to(run_dir).parts)
     }
     codes = load_file(str(run_dir / CODES))["codes"]
     manifest = {

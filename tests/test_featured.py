@@ -152,3 +152,19 @@ def test_featured_seeds_open_without_any_computation(featured_run, tmp_path, mon
     assert jobs.started == 0
     at.number_input(key="seed").set_value(3).run()  # not featured: computed on demand
     assert not at.exception and jobs.started >= 2
+
+
+def test_configure_after_precompute_leaves_the_run_loadable(featured_run, tmp_path):
+    """featured/ is not hashed into the manifest: rebuilding it never breaks the run."""
+    import shutil
+
+    from tda.ensemble import load_run, read_manifest
+
+    run_dir = tmp_path / "tiny"
+    shutil.copytree(featured_run, run_dir)
+    assert main(["configure", "--run", str(run_dir), "--combine", "mixture"]) == 0
+    assert not [f for f in read_manifest(run_dir)["files"] if f.startswith(FEATURED_DIR)]
+    assert main(["precompute", "--run", str(run_dir), "--seeds", "0", "--exact", "no"]) == 0
+    run = load_run(run_dir)  # every hash still holds
+    featured = load_featured(run)  # the mean entries stay current: same members
+    assert featured.seeds("mean") == [0, 2] and featured.seeds("mixture") == [0]
