@@ -164,7 +164,7 @@ def evaluate(
         entry = cached_part(
             out,
             name,
-            {"seeds": seeds, "path": str(Path(path).resolve()), **tar_params},
+            {"seeds": seeds, "path": str(Path(path).resolve())},  # its TAR: as first computed
             None if "compare" not in sizes.parts else lambda path=path, name=name: compare_run(
                 path, seeds, sizes, out / CACHE_DIR / name, str(ex.device), progress
             ),
