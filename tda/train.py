@@ -406,18 +406,3 @@ def write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def _worker(out: str, config_json: str, i: int, threads: int, stop_after, queue,
-            device: str = "cpu") -> None:
-    """A member process of a `train` started before the executor existed and still running
-    (its driver spawns this by name): that driver's protocol, (i, step, loss) every 10
-    steps, then (i, -1, 0.0). Remove once no such process can be running."""
-    config = RunConfig.from_json(config_json)
-
-    def report(step: int, loss: float) -> None:
-        if step % 10 == 0:
-            queue.put((i, step, loss))
-
-    train_member(Path(out), config, i, threads, stop_after, report, device)
-    queue.put((i, -1, 0.0))
