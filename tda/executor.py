@@ -403,14 +403,14 @@ def run_source(explorer, executor: Executor) -> Any:
 
 def run_files(run_dir: str | Path) -> dict[str, bytes]:
     """The files of a run that sampling reads: manifest, codes, data, scheduler, members."""
-    from .ensemble import MANIFEST, read_manifest
+    from .ensemble import CODES, MANIFEST, MEMBERS_DIR, SCHEDULER_DIR, TRAIN, read_manifest
 
     run_dir = Path(run_dir)
     listed = read_manifest(run_dir)["files"]
     files = {MANIFEST: (run_dir / MANIFEST).read_bytes()}
     for rel, digest in listed.items():
-        if rel.startswith(("index", "base/")):
-            continue
+        if not (rel in (CODES, TRAIN) or rel.startswith((f"{SCHEDULER_DIR}/", f"{MEMBERS_DIR}/"))):
+            continue  # not read by sampling (index, base/, report/, ...)
         files[rel] = (run_dir / rel).read_bytes()
         if hashlib.sha256(files[rel]).hexdigest() != digest:
             raise TdaError(f"run {run_dir}: file {rel} changed since the run was written "
