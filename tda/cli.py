@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="samples (held-out seeds) in the candidate test, per rule")
     ev.add_argument("--tar-controls", type=int, default=16,
                     help="random training images ablated per sample in the candidate test")
+    ev.add_argument("--tar-rules", default="", help="combination rules the candidate test runs "
+                    "now, comma separated (default: all; the others as saved)")
     ev.add_argument("--parts", default=",".join(PARTS),
                     help="parts to compute now, comma separated (the rest as saved)")
     ev.set_defaults(func=cmd_evaluate)
@@ -419,6 +421,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
     sizes = EvalSizes(a.samples, a.seeds, a.draws, tuple(_int_list(a.sizes, "--sizes")),
                       a.classifier_steps, a.tar_samples, a.tar_controls,
+                      tuple(r.strip() for r in a.tar_rules.split(",") if r.strip()),
                       tuple(p.strip() for p in a.parts.split(",") if p.strip()))
     out = a.out or a.run / "report"
     bars: dict[str, tqdm] = {}

@@ -79,6 +79,7 @@ class EvalSizes:
     classifier_steps: int = 1500  # when the run has no classifier yet
     tar_samples: int = 200  # samples of held-out seeds in the candidate test, per rule
     tar_controls: int = 16  # random training images ablated per sample
+    tar_rules: tuple[str, ...] = ()  # rules the candidate test runs now (empty: all)
     parts: tuple[str, ...] = PARTS  # which parts to compute now (the others: as saved)
 
     def check(self) -> None:
@@ -86,6 +87,9 @@ class EvalSizes:
             raise TdaError("need --samples >= 2, --seeds >= 1, --draws >= 1 and some --sizes")
         if self.tar_samples < 2 or self.tar_controls < 1:
             raise TdaError("need --tar-samples >= 2 and --tar-controls >= 1")
+        if set(self.tar_rules) - set(COMBINE_RULES):
+            raise TdaError(f"unknown combination rules {sorted(set(self.tar_rules))}; choose "
+                           f"from {', '.join(COMBINE_RULES)}")
         bad = set(self.parts) - set(PARTS)
         if bad:
             raise TdaError(f"unknown report parts {sorted(bad)}; choose from {', '.join(PARTS)}")
@@ -145,7 +149,19 @@ def evaluate(
         return memo[row]
 
     tar_params = {"samples": sizes.tar_samples, "controls": sizes.tar_controls}
-    part("candidate", tar_params, lambda: candidate_part(ex, sizes, progress))
+    cand: dict = {"default_rule": ex.combine, "rules": {}}
+    for rule in rule_order(ex.combine):  # one saved part per rule; rules not asked for: as saved
+        asked = "candidate" in sizes.parts and rule in (sizes.tar_rules or COMBINE_RULES)
+        result = cached_part(
+            out, f"candidate-{rule}", {**tar_params, "run": fp},
+            (lambda r=rule: rule_candidate(ex.with_combine(r), sizes, progress)) if asked else None,
+            any_params=not asked,
+        )
+        if result is not None:
+            cand["rules"][rule] = result
+    if cand["rules"]:
+        report["candidate"] = cand
+        save_report(out, report)
     n = {"samples": sizes.samples, "sizes": list(sizes.sizes), "draws": sizes.draws}
     part("fidelity", n, lambda: fidelity(clf, *samples(), ex.n, real, real_f, feats_of,
                                          ex.run.images))  # fmt: skip
@@ -195,13 +211,14 @@ def _short_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def cached_part(out: Path, name: str, params: dict, fn: Callable[[], dict] | None) -> dict | None:
-    """The saved part `name` if it was computed with `params`, else compute and save it
-    (`fn` None: only the saved one, or None)."""
+def cached_part(out: Path, name: str, params: dict, fn: Callable[[], dict] | None,
+                any_params: bool = False) -> dict | None:
+    """The saved part `name` if it was computed with `params` (`any_params`: with any),
+    else compute and save it (`fn` None: only the saved one, or None)."""
     path = out / PARTS_DIR / f"{name}.json"
     if path.is_file():
         saved = json.loads(path.read_text())
-        if saved.get("params") == params:
+        if any_params or saved.get("params") == params:
             return saved["result"]
     if fn is None:
         return None
@@ -571,26 +588,36 @@ def compare_run(
     return by_n_entry(ex.run.summary(), s, candidate_part(ex, sizes, progress))
 
 
+def rule_order(default: str) -> list[str]:
+    """The run's default combination rule first, then the others."""
+    return [default, *[r for r in COMBINE_RULES if r != default]]
+
+
 def candidate_part(ex: Explorer, sizes: EvalSizes, progress: Progress) -> dict:
     """The candidate test on `tar_samples` held-out seeds under each combination rule."""
+    rules = {r: rule_candidate(ex.with_combine(r), sizes, progress)
+             for r in rule_order(ex.combine) if r in (sizes.tar_rules or COMBINE_RULES)}
+    return {"default_rule": ex.combine, "rules": rules}
+
+
+def rule_candidate(ex: Explorer, sizes: EvalSizes, progress: Progress) -> dict:
+    """TAR of `ex`'s rule on `tar_samples` held-out seeds, with every sample's figures."""
     seeds = list(range(TAR_SEED0, TAR_SEED0 + sizes.tar_samples))
-    out: dict = {"seeds": [seeds[0], seeds[-1]], "default_rule": ex.combine, "rules": {}}
-    for rule in (ex.combine, *[r for r in COMBINE_RULES if r != ex.combine]):
-        what = f"candidate test N={ex.run.N} ({rule})"
-        t0 = time.perf_counter()
-        tests = candidate_tests(
-            ex.with_combine(rule), seeds, controls=sizes.tar_controls,
-            progress=None if progress is None else lambda d, t, w=what: progress(w, d, t),
-        )
-        seconds = time.perf_counter() - t0
-        out["rules"][rule] = {
-            **tar(tests),
-            "seconds_per_sample": seconds / len(tests),
-            "per_sample": {k: [t.summary()[k] for t in tests]
-                           for k in ("candidate", "changed", "flip_rate", "p_value",
-                                     "effect_p_value", "candidate_distance", "verdict")},
-        }
-    return out
+    what = f"candidate test N={ex.run.N} ({ex.combine})"
+    t0 = time.perf_counter()
+    tests = candidate_tests(
+        ex, seeds, controls=sizes.tar_controls,
+        progress=None if progress is None else lambda d, t: progress(what, d, t),
+    )
+    seconds = time.perf_counter() - t0
+    return {
+        **tar(tests),
+        "seeds": [seeds[0], seeds[-1]],
+        "seconds_per_sample": seconds / len(tests),
+        "per_sample": {k: [t.summary()[k] for t in tests]
+                       for k in ("candidate", "changed", "flip_rate", "p_value",
+                                 "effect_p_value", "candidate_distance", "verdict")},
+    }
 
 
 def by_n_entry(run_summary: dict, s: dict | None, cand: dict | None = None) -> dict:

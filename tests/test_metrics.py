@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -239,3 +240,12 @@ def test_evaluate_computes_only_the_parts_asked_for(tiny_run_dir, classifier_dir
     assert set(report["by_n"][0]["tar"]) == {"mean", "mixture"}
     with pytest.raises(TdaError, match="unknown report parts"):
         evaluate(run, run / "report", EvalSizes(parts=("everything",)))
+    # one rule at a time, each with its own sizes: the other rule's saved result is kept
+    one = evaluate(run, run / "report2", replace(sizes, tar_rules=("mixture",)))
+    assert set(one["candidate"]["rules"]) == {"mixture"}
+    two = evaluate(run, run / "report2", replace(sizes, tar_rules=("mean",), tar_samples=2))
+    rules = two["candidate"]["rules"]
+    assert list(rules) == ["mean", "mixture"]  # the run's default rule first
+    assert (rules["mean"]["samples"], rules["mixture"]["samples"]) == (2, 3)
+    with pytest.raises(TdaError, match="unknown combination rules"):
+        evaluate(run, run / "report", replace(sizes, tar_rules=("median",)))
