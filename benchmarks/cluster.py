@@ -50,7 +50,7 @@ RUNS = {
         data=DataConfig("mnist", n_train=256, image_size=16, channels=1, seed=0),
         model=ModelConfig(),  # (16, 32, 32): 263k parameters
         ensemble=EnsembleConfig(n_members=16, weight=8, code_seed=0),
-        train=TrainConfig(steps=500, batch_size=64),
+        train=TrainConfig(steps=200, batch_size=64),
         sample=SampleConfig(num_inference_steps=50),
     ),
 }
