@@ -49,8 +49,10 @@ with c[4]:
     if verdict == "attributable":
         st.success(f"**Attributable to #{test.candidate}.** " + said, icon=":material/check_circle:")
     elif verdict == "unclear":
-        st.info("**Unclear.** " + said + " Random ablations often do the same, so this "
-                "change is weak evidence.", icon=":material/info:")
+        st.info(f"**Needs #{test.candidate}, but fragile.** " + said + " Random ablations "
+                "also move it, so on its own this sample is weak evidence; the run's true "
+                "attribution rate (Home, Diagnostics) says how often x̂ is the reason.",
+                icon=":material/info:")
     else:
         st.warning("**Not attributable to its nearest image.** " + said,
                    icon=":material/warning:")

@@ -106,10 +106,13 @@ if report is live:
 else:
     st.caption(f"Saved report: `{saved_name}` of run **{ctx.label}**")
 if not report.get("complete"):
-    st.warning(
-        "This report is incomplete (the evaluation was interrupted). Re-run the same "
-        "command to finish it; finished parts are kept.",
-        icon=":material/warning:",
+    names = {"candidate": "candidate test", "fidelity": "sample quality",
+             "convergence": "convergence", "attribution": "approximations and noise floor"}
+    have = [v for k, v in names.items() if k in report]
+    st.info(
+        f"This report is partial: it has {', '.join(have) or 'no part yet'}. The other "
+        f"parts come from `{command}` (resumable: finished parts are kept).",
+        icon=":material/info:",
     )
 
 figs = figures(report)
@@ -168,28 +171,30 @@ if "tar" in figs:
         chart("flip_rates")
     chart("tar_by_n")
 
-st.subheader("Sample quality")
-st.caption(
-    f"{FD_NAME}. References: the real images split in two halves (the floor at this "
-    "sample size) and the run's own training images."
-)
-left, right = st.columns([3, 2])
-with left:
-    chart("fidelity")
-with right:
-    chart("confidence")
+if "fidelity" in figs:
+    st.subheader("Sample quality")
+    st.caption(
+        f"{FD_NAME}. References: the real images split in two halves (the floor at this "
+        "sample size) and the run's own training images."
+    )
+    left, right = st.columns([3, 2])
+    with left:
+        chart("fidelity")
+    with right:
+        chart("confidence")
 
-st.subheader("Convergence")
-st.caption(
-    "Sub-ensembles of k random members, same recorded noise: how far their samples lie "
-    "from the full ensemble's, and their FD. A flattening curve means more members "
-    "would change little."
-)
-chart("convergence")
+if "convergence" in figs:
+    st.subheader("Convergence")
+    st.caption(
+        "Sub-ensembles of k random members, same recorded noise: how far their samples lie "
+        "from the full ensemble's, and their FD. A flattening curve means more members "
+        "would change little."
+    )
+    chart("convergence")
 
-st.subheader("Approximations vs exact influence")
-chart("agreement")
 if "agreement" in a:
+    st.subheader("Approximations vs exact influence")
+    chart("agreement")
     st.dataframe(
         {
             "method": list(a["agreement"]),
@@ -201,26 +206,29 @@ if "agreement" in a:
         hide_index=True,
     )
 
-st.subheader("Noise floor")
-st.caption(
-    "Phantom codes switch to another subset of members without removing any image: "
-    "their scores are pure member noise. Real scores that look like them cannot be "
-    "told apart from noise."
-)
-left, right = st.columns(2)
-with left:
-    chart("noise_floor")
-with right:
-    chart("attributability")
-chart("class_agreement")
-
-st.subheader("Attributability vs training-set size")
-chart("by_n")
-if len(report.get("by_n", [])) < 2:
+if "noise_floor" in figs:
+    st.subheader("Noise floor")
     st.caption(
-        "Only this run so far. Add others with `--compare-runs DIR1,DIR2` to see how "
-        "attributability changes with N."
+        "Phantom codes switch to another subset of members without removing any image: "
+        "their scores are pure member noise. Real scores that look like them cannot be "
+        "told apart from noise."
     )
+    left, right = st.columns(2)
+    with left:
+        chart("noise_floor")
+    with right:
+        chart("attributability")
+    chart("class_agreement")
 
-st.subheader("Cost")
-chart("cost")
+if "by_n" in figs:
+    st.subheader("Attributability vs training-set size")
+    chart("by_n")
+    if len(report.get("by_n", [])) < 2:
+        st.caption(
+            "Only this run so far. Add others with `--compare-runs DIR1,DIR2` to see how "
+            "attributability changes with N."
+        )
+
+if "cost" in figs:
+    st.subheader("Cost")
+    chart("cost")

@@ -189,7 +189,8 @@ def evaluate(
             report["by_n"].append(entry)
         save_report(out, report)
     if not all(p in report for p in ("candidate", "fidelity", "convergence", "attribution")):
-        return report  # a partial report: the parts asked for, saved; rerun for the rest
+        save_report(out, report)  # a partial report: the parts asked for; rerun for the rest
+        return report
     report["cost_seconds"] = cost(report, clf)
     report["complete"] = True
     from .report_figures import write_figures

@@ -344,10 +344,10 @@ def tar_figure(cand: dict, N: int | None) -> go.Figure:
     if N in PAPER_TAR:
         fig.add_hline(y=PAPER_TAR[N], line_dash="dash", line_color=PHANTOM,
                       annotation_text=f"paper, MNIST N = {N:,}: {PAPER_TAR[N]:.2f}")
-    samples = cand["rules"][rules[0]]["samples"]
+    counts = ", ".join(f"{r} {cand['rules'][r]['samples']}" for r in rules)
     return _layout(
-        fig, f"Candidate test: true attribution rate<br><sup>{samples} samples of held-out "
-        "seeds; bars: 95% bootstrap intervals</sup>", yaxis=dict(range=[-0.1, 1.1]),
+        fig, f"Candidate test: true attribution rate<br><sup>samples of held-out seeds: "
+        f"{counts}; bars: 95% intervals</sup>", yaxis=dict(range=[-0.1, 1.1]),
         showlegend=False, height=360)
 
 
@@ -361,9 +361,8 @@ def flip_rate_figure(cand: dict) -> go.Figure:
                           marker_color=RULE_COLOR.get(rule, ENSEMBLE), opacity=0.75,
                           xbins=dict(start=0, end=1.0001, size=1 / 16))
     return _layout(
-        fig, "Each sample's flip rate<br><sup>share of random ablations that change its "
-        "nearest training image, over samples whose x̂ ablation changes it: near 0 = "
-        "attributable</sup>", barmode="overlay", xaxis_title="flip rate (p-value)",
+        fig, "Each sample's flip rate (its p-value)<br><sup>random ablations that change "
+        "its nearest image; samples whose x̂ ablation changes it</sup>", barmode="overlay", xaxis_title="flip rate (p-value)",
         yaxis_title="samples", height=360)
 
 

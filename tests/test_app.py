@@ -132,7 +132,7 @@ def _check_candidate_section(at: AppTest) -> None:
     assert caps[2] == "sample without x̂" and caps[3].startswith("its nearest image: #")
     said = [m.value for m in (*at.success, *at.info, *at.warning) if "Removing x̂" in m.value]
     assert len(said) == 1 and "flip rate" in said[0]
-    assert said[0].startswith(("**Attributable to #", "**Unclear.**", "**Not attributable"))
+    assert said[0].startswith(("**Attributable to #", "**Needs #", "**Not attributable"))
 
 
 def _floor_warnings(at: AppTest) -> list[str]:

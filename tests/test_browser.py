@@ -255,10 +255,16 @@ def test_diagnostics_of_the_shipped_run(page, tmp_path_factory):
         TDA_RUNS=str(tmp_path_factory.mktemp("no-runs")),
         TDA_ASSETS=str(ROOT / "assets"),
     ) as url:
-        page.goto(f"{url}/diagnostics")
+        page.goto(f"{url}/diagnostics")  # the default run: its candidate test
+        wait_until_done(page)
+        main = page.locator('[data-testid="stMain"]')
+        main.get_by_text("Are samples attributable?").first.wait_for(state="visible")
+        main.locator('[data-testid="stPlotlyChart"]').nth(2).wait_for(state="visible")
+        assert not page.locator('[data-testid="stException"]').count()
+        screenshot(page, "diagnostics_shipped_default.png")
+        page.goto(f"{url}/diagnostics?run=n16-replay")  # the contrast run's full report
         wait_until_done(page)
         page.get_by_role("heading", name="Diagnostics").first.wait_for()
-        main = page.locator('[data-testid="stMain"]')
         for text in ("FD ensemble", "Sample quality", "512 samples each"):
             main.get_by_text(text).first.wait_for(state="visible")
         main.locator('[data-testid="stPlotlyChart"]').nth(3).wait_for(state="visible")

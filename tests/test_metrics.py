@@ -238,6 +238,7 @@ def test_evaluate_computes_only_the_parts_asked_for(tiny_run_dir, classifier_dir
     assert not report["complete"] and "fidelity" not in report and "attribution" not in report
     assert set(report["candidate"]["rules"]) == {"mean", "mixture"}
     assert set(report["by_n"][0]["tar"]) == {"mean", "mixture"}
+    assert json.loads((run / "report" / REPORT).read_text())["by_n"] == report["by_n"]  # saved
     with pytest.raises(TdaError, match="unknown report parts"):
         evaluate(run, run / "report", EvalSizes(parts=("everything",)))
     # one rule at a time, each with its own sizes: the other rule's saved result is kept
