@@ -155,9 +155,8 @@ def test_a_worker_lost_on_first_attempt_is_retried(cluster, tiny_run_dir, tmp_pa
     _assert_same_run(out, tiny_run_dir)
 
 
-@pytest.mark.xfail(strict=False, reason="flaky under load: once (Dec 1, three agents sharing two "
-                   "cores) the training raised ActorDiedError when the node was removed instead "
-                   "of retrying; passes on a quieter machine. Issue 12 stays open for it.")
+@pytest.mark.xfail(strict=False, reason="known bug, issue 12 open: on Dec 1 (twice, loaded and "
+                   "quiet machine) removing the node raised ActorDiedError instead of a retry")
 def test_a_node_removed_mid_training_costs_no_result(cluster, tiny_run_dir, tmp_path):
     node = cluster.add_node(num_cpus=2, object_store_memory=150 * 1024**2)
     out = tmp_path / "lost-node"
