@@ -204,7 +204,6 @@ def tar(tests: Sequence[CandidateTest], boot: int = 2000, seed: int = 0) -> dict
     draws = np.array([rate(rng.integers(0, S, S)) for _ in range(boot)])
     lo, hi = np.nanpercentile(draws, [2.5, 97.5])
     value = rate(np.arange(S))
-    pvals = np.array([t.p_value for t in tests])
     return {
         "samples": S,
         "controls_per_sample": int(np.median([len(t.control_rows) for t in tests])),
@@ -213,7 +212,7 @@ def tar(tests: Sequence[CandidateTest], boot: int = 2000, seed: int = 0) -> dict
         "tar": value, "tar_low": float(lo), "tar_high": float(hi),
         "far": 1 - value, "far_low": float(1 - hi), "far_high": float(1 - lo),
         "candidate_beats_random_effect": float(beats.mean()),
-        "share_attributable": float(np.mean(pvals <= max(ALPHA, 1 / (1 + tests[0].control_rows.size)))),
+        "share_attributable": float(np.mean([t.verdict == "attributable" for t in tests])),
         "median_candidate_distance": float(np.median([t.candidate_distance for t in tests])),
         "share_copies": float(np.mean([t.candidate_distance < COPY_DISTANCE for t in tests])),
     }

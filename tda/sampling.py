@@ -270,12 +270,7 @@ def _mixed_eps(members, x, t, rows, coef, chunk) -> torch.Tensor:
                 eps.index_add_(0, r, members[i](x[r], t).sample * coef[i][s : s + chunk])
         return eps
 
-    pool = _cpu_pool() if x.device.type == "cpu" and len(jobs) > 1 else None
-    if pool is None:
-        return run(jobs)
-    sizes = [min(chunk, len(rows[i]) - s) for i, s in jobs]
-    parts = list(pool.map(run, _balanced(jobs, sizes, torch.get_num_threads())))
-    return functools.reduce(torch.add, parts)
+    return functools.reduce(torch.add, _pooled(run, jobs, rows, chunk, x.device))
 
 
 def _member_eps(members, x, t, rows, chunk) -> torch.Tensor:
@@ -290,13 +285,18 @@ def _member_eps(members, x, t, rows, chunk) -> torch.Tensor:
                 r = rows[i][s : s + chunk]
                 out[i, r] = members[i](x[r], t).sample
 
-    pool = _cpu_pool() if x.device.type == "cpu" and len(jobs) > 1 else None
-    if pool is None:
-        run(jobs)
-    else:
-        sizes = [min(chunk, len(rows[i]) - s) for i, s in jobs]
-        list(pool.map(run, _balanced(jobs, sizes, torch.get_num_threads())))
+    _pooled(run, jobs, rows, chunk, x.device)
     return out
+
+
+def _pooled(run, jobs: list, rows, chunk: int, device: torch.device) -> list:
+    """run(part) over the (member, chunk) jobs: in the CPU pool's threads, split into
+    groups of about equal size, or all at once in this thread; the results in order."""
+    pool = _cpu_pool() if device.type == "cpu" and len(jobs) > 1 else None
+    if pool is None:
+        return [run(jobs)]
+    sizes = [min(chunk, len(rows[i]) - s) for i, s in jobs]
+    return list(pool.map(run, _balanced(jobs, sizes, torch.get_num_threads())))
 
 
 def _balanced(jobs: list, sizes: list[int], k: int) -> list[list]:
