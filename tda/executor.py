@@ -42,6 +42,7 @@ BACKENDS = ("local", "ray")
 MAX_RETRIES = 3  # Ray re-runs a job this often when its worker or node is lost
 FAULT_DIR_ENV = "TDA_FAULT_DIR"  # tests: a job whose key has a file `<key>` there dies once
 POLL_S = 0.2  # how often the driver looks at progress while it waits
+INBOX_TIMEOUT_S = 10  # the driver skips a round of progress rather than wait longer
 
 Done = Callable[["Job", Any], Iterable["Job"] | None]
 OnReport = Callable[[Hashable, Any], None]
@@ -290,7 +291,11 @@ class RayExecutor(Executor):
             pending[ref] = job
 
         def relay() -> None:
-            for tok, key, msg in ray.get(inbox.take.remote()):
+            try:
+                messages = ray.get(inbox.take.remote(), timeout=INBOX_TIMEOUT_S)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                return  # its node was lost: it restarts elsewhere; progress is all it held
+            for tok, key, msg in messages:
                 if tok == token:
                     on_report(key, msg)
 
@@ -337,14 +342,16 @@ class RayExecutor(Executor):
                            f"{str(e).splitlines()[0] if str(e) else ''}") from e
 
     def _get_inbox(self):
-        """A small actor on this node that collects the jobs' progress messages."""
+        """A small actor, on this node where it can be, that collects the jobs' progress
+        messages. Losing it costs progress messages only: when its node is lost it restarts
+        (elsewhere if need be) and calls made meanwhile wait for it, so no job fails."""
         if self._inbox is None:
             ray = self.ray
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
             here = ray.get_runtime_context().get_node_id()
             self._inbox = ray.remote(_Inbox).options(
-                num_cpus=0,
+                num_cpus=0, max_restarts=-1, max_task_retries=-1,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True),
             ).remote()
         return self._inbox

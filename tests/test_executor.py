@@ -155,8 +155,6 @@ def test_a_worker_lost_on_first_attempt_is_retried(cluster, tiny_run_dir, tmp_pa
     _assert_same_run(out, tiny_run_dir)
 
 
-@pytest.mark.xfail(strict=False, reason="known bug, issue 12 open: on Dec 1 (twice, loaded and "
-                   "quiet machine) removing the node raised ActorDiedError instead of a retry")
 def test_a_node_removed_mid_training_costs_no_result(cluster, tiny_run_dir, tmp_path):
     node = cluster.add_node(num_cpus=2, object_store_memory=150 * 1024**2)
     out = tmp_path / "lost-node"
