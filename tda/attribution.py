@@ -12,13 +12,15 @@ Methods (all return an `Attribution`; higher score = more influential):
 Each scores phantom codes (weight h, given to no image) the same way: their scores
 are pure member-subset noise, giving every image a p-value and the sample an
 attributability figure (DESIGN.md section 8).
+`run_chains` runs the chains of many weight rows here or as tasks of an executor (Ray):
+the exact sweeps, the candidate test's ablations and the evaluation's samples.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -156,46 +158,76 @@ def exact_counterfactuals(
     progress: Progress = None,
     executor: Executor | None = None,
 ) -> torch.Tensor:
-    """y(u_-c, eps) for every code c (rows of `codes`), in batched sweeps: [M, C, H, W].
-
-    Sweeps of SWEEP_CHUNK chains run here one after another, or, with a remote
-    `executor` (Ray), as one task each (one CPU and one torch thread, or one GPU when
-    the explorer's device is cuda), all at once as far as the cluster allows.
-    """
+    """y(u_-c, eps) for every code c (rows of `codes`), in batched sweeps of SWEEP_CHUNK
+    chains (`run_chains`): [M, C, H, W]."""
     W = without_codes(codes)
     if len(W) == 0:
         return torch.zeros(0, *explorer.run.image_shape)
-    if executor is None or not executor.remote:
+    return run_chains(explorer, W, int(seed), steps, progress, executor)
+
+
+def run_chains(
+    explorer: Explorer,
+    weights: torch.Tensor,
+    seeds: int | Sequence[int],
+    steps: int | None = None,
+    progress: Progress = None,
+    executor: Executor | None = None,
+    combine: str | None = None,
+    one_pass_here: bool = False,
+) -> torch.Tensor:
+    """y(V, eps) of every weight row [B, n] under `combine` (default: the explorer's), chain
+    b with the recorded noise of `seeds[b]` (one seed: of it for all): [B, C, H, W].
+
+    Here (no executor, or a local one): passes of SWEEP_CHUNK chains one after another
+    in this process (`one_pass_here`: all chains in one pass; how chains are batched can
+    change the last float32 bits). With a remote `executor` (Ray): one task per
+    SWEEP_CHUNK chains (one CPU and one torch thread, or one GPU when the explorer's
+    device is cuda), all at once as far as the cluster allows. `progress(done, total)`
+    counts the steps of all passes.
+    """
+    one_seed = isinstance(seeds, int | np.integer)
+    if not one_seed and len(seeds) != len(weights):
+        raise TdaError(f"{len(seeds)} seeds for {len(weights)} weight vectors")
+    if len(weights) == 0:
+        return torch.zeros(0, *explorer.run.image_shape)
+    remote = executor is not None and executor.remote
+    if not remote:
         executor = LocalExecutor(1)  # here: the loaded run, this process's threads
-    parts = [W[s : s + SWEEP_CHUNK] for s in range(0, len(W), SWEEP_CHUNK)]
+    size = len(weights) if one_pass_here and not remote else SWEEP_CHUNK
+    starts = range(0, len(weights), size)
     K = len(explorer.chain(steps).timesteps)
     source = run_source(explorer, executor)
     gpus = 1.0 if explorer.device.type == "cuda" else 0.0
-    device = explorer.device.type if executor.remote else str(explorer.device)
-    jobs = [Job(c, _sweep, (source, device, explorer.combine, explorer.chunk, part, seed, steps),
-                cpus=1, gpus=gpus, threads=1 if executor.remote else None)
-            for c, part in enumerate(parts)]
-    done_steps = [0] * len(parts)
+    device = explorer.device.type if remote else str(explorer.device)
+    head = (source, device, combine or explorer.combine, explorer.chunk)
+    jobs = [Job(c, _sweep, (*head, weights[s : s + size],
+                            int(seeds) if one_seed else [int(x) for x in seeds[s : s + size]],
+                            steps), cpus=1, gpus=gpus, threads=1 if remote else None)
+            for c, s in enumerate(starts)]
+    done_steps = [0] * len(jobs)
     out: dict[int, torch.Tensor] = {}
 
     def on_report(c: int, k: int) -> None:
         done_steps[c] = k
         if progress is not None:
-            progress(sum(done_steps), len(parts) * K)
+            progress(sum(done_steps), len(jobs) * K)
 
     def done(job: Job, y: torch.Tensor) -> None:
         out[job.key] = y
         on_report(job.key, K)
 
     executor.run(jobs, done, on_report)
-    return torch.cat([out[c] for c in range(len(parts))])
+    return torch.cat([out[c] for c in range(len(jobs))])
 
 
-def _sweep(source, device: str, combine: str, chunk: int, weights: torch.Tensor, seed: int,
-           steps: int | None, report) -> torch.Tensor:
-    """One sweep: y(weights, eps) wherever the executor runs it."""
+def _sweep(source, device: str, combine: str, chunk: int, weights: torch.Tensor,
+           seeds: int | list[int], steps: int | None, report) -> torch.Tensor:
+    """One pass: y(weights, eps) wherever the executor runs it."""
     explorer = open_explorer(source, device, combine, chunk)
-    return explorer.y(weights, seed, steps, progress=lambda k, K: report(k))
+    if isinstance(seeds, int):
+        return explorer.y(weights, seeds, steps, progress=lambda k, K: report(k))
+    return explorer.y_seeds(weights, seeds, steps, progress=lambda k, K: report(k))
 
 
 def _exact(explorer, seed, steps, codes, method, progress, executor=None):

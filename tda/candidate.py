@@ -24,7 +24,9 @@ import torch
 
 from . import TdaError
 from .api import Explorer
+from .attribution import run_chains
 from .encoding import phantom_codes, u0, without_codes
+from .executor import Executor
 from .index import load_index, search
 
 DEFAULT_CONTROLS = 16  # random training images ablated per sample
@@ -124,20 +126,33 @@ def candidate_tests(
     progress: Callable[[int, int], None] | None = None,
     index=None,
     chain_progress: Callable[[int, int], None] | None = None,
+    executor: Executor | None = None,
 ) -> list[CandidateTest]:
     """The candidate test of the sample of every seed; chains of several samples run in
-    one batch. `progress(done, total)` counts samples, `chain_progress(step, steps)` the
+    one batch. `progress(done, total)` counts samples, `chain_progress(done, total)` the
     steps of each batch of ablation chains. `index`: a FAISS index of the training
-    images (default: the run's saved one)."""
+    images (default: the run's saved one). `executor`: where the chains run (default:
+    here, SAMPLES_PER_CALL samples per batch); a remote one (Ray) gets every sample's
+    chains as one batch, spread over its tasks (`run_chains`), and `progress` then moves
+    as they finish."""
     seeds = [int(s) for s in seeds]
     steps = explorer.steps(steps)
     run = explorer.run
     index = load_index(run.path, run.images) if index is None else index
     null = phantom_codes(run.codes, phantoms) if phantoms else np.zeros((0, explorer.n), np.uint8)
+    remote = executor is not None and executor.remote
+    per_call = len(seeds) if remote else SAMPLES_PER_CALL
     out: list[CandidateTest] = []
-    for start in range(0, len(seeds), SAMPLES_PER_CALL):
-        part = seeds[start : start + SAMPLES_PER_CALL]
-        out += _tests(explorer, index, part, steps, controls, null, chain_progress)
+    for start in range(0, len(seeds), per_call):
+        part = seeds[start : start + per_call]
+
+        def chains_done(done: int, total: int, start: int = start, size: int = len(part)) -> None:
+            if chain_progress is not None:
+                chain_progress(done, total)
+            if remote and progress is not None:
+                progress(start + size * done // max(total, 1), len(seeds))
+
+        out += _tests(explorer, index, part, steps, controls, null, chains_done, executor)
         if progress is not None:
             progress(len(out), len(seeds))
     return out
@@ -153,18 +168,21 @@ def _nearest(index, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return rows[:, 0], np.sqrt(np.maximum(d[:, 0], 0.0))
 
 
-def _tests(explorer, index, seeds, steps, controls, null, progress=None) -> list[CandidateTest]:
+def _tests(explorer, index, seeds, steps, controls, null, progress=None,
+           executor=None) -> list[CandidateTest]:
     run = explorer.run
     if len(seeds) == 1:
         samples = explorer.sample(seeds[0], steps).sample[None]
     else:
-        samples = explorer.y_seeds(u0(explorer.n).expand(len(seeds), -1), seeds, steps)
+        samples = run_chains(explorer, u0(explorer.n).expand(len(seeds), -1), seeds, steps,
+                             executor=executor, one_pass_here=True)
     cand, dist = _nearest(index, samples)
     plans = [np.concatenate([[c], control_rows(run.N, int(c), controls, s)])
              for c, s in zip(cand, seeds, strict=True)]
     V = [torch.cat([without_codes(run.codes[p]), without_codes(null)]) for p in plans]
     chain_seeds = [s for s, v in zip(seeds, V, strict=True) for _ in range(len(v))]
-    y = explorer.y_seeds(torch.cat(V), chain_seeds, steps, progress)
+    y = run_chains(explorer, torch.cat(V), chain_seeds, steps, progress, executor,
+                   one_pass_here=True)
     nearest, _ = _nearest(index, y)
     tests, at = [], 0
     for b, (seed, plan) in enumerate(zip(seeds, plans, strict=True)):

@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--steps", type=int, default=None, help="inference steps (default: the run's)")
     ca.add_argument("--controls", type=int, default=16, help="random training images ablated")
     ca.add_argument("--phantoms", type=int, default=0, help="phantom codes ablated as well")
+    _backend_args(ca)
     ca.add_argument("--out", type=Path, default=None, help="write the tests as JSON")
     ca.set_defaults(func=cmd_candidate)
 
@@ -162,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "now, comma separated (default: all; the others as saved)")
     ev.add_argument("--parts", default=",".join(PARTS),
                     help="parts to compute now, comma separated (the rest as saved)")
+    _backend_args(ev)
     ev.set_defaults(func=cmd_evaluate)
     return p
 
@@ -299,7 +301,9 @@ def cmd_candidate(a: argparse.Namespace) -> int:
             bar.n = done
             bar.refresh()
 
-        tests = candidate_tests(ex, seeds, a.steps, a.controls, a.phantoms, progress)
+        with _executor(a) as executor:
+            tests = candidate_tests(ex, seeds, a.steps, a.controls, a.phantoms, progress,
+                                    executor=executor)
     seconds = time.time() - t0
     for t in tests[:20]:
         print(f"seed {t.seed}: nearest training image {t.candidate} "
@@ -437,8 +441,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
     t0 = time.time()
     try:
-        report = evaluate(a.run, out, sizes, [p for p in a.compare_runs.split(",") if p],
-                          device=a.device, progress=progress)
+        with _executor(a) as executor:
+            report = evaluate(a.run, out, sizes, [p for p in a.compare_runs.split(",") if p],
+                              device=a.device, progress=progress, executor=executor)
     finally:
         for bar in bars.values():
             bar.close()

@@ -37,9 +37,10 @@ from scipy.stats import ks_2samp
 
 from . import TdaError
 from .api import Explorer
-from .attribution import METHODS, Attribution, attribute
+from .attribution import METHODS, Attribution, attribute, run_chains
 from .candidate import candidate_tests, tar
 from .ensemble import MANIFEST
+from .executor import Executor
 from .metrics import (
     CLASSIFIER_DIR,
     CONFIDENT,
@@ -55,7 +56,7 @@ from .metrics import (
     spearman,
     topk_overlap,
 )
-from .sampling import COMBINE_RULES, sample_chains, stack_noise
+from .sampling import COMBINE_RULES
 
 FORMAT_VERSION = 1
 REPORT = "report.json"
@@ -103,8 +104,12 @@ def evaluate(
     classifier_dir: str | Path | None = None,
     device: str = "cpu",
     progress: Progress = None,
+    executor: Executor | None = None,
 ) -> dict:
-    """Compute (or resume) every part of the report of `run` into the folder `out`."""
+    """Compute (or resume) every part of the report of `run` into the folder `out`.
+
+    `executor`: where the chains run (the samples, the candidate test's ablations, the
+    exact attributions); default here. Only this process writes into `out`."""
     sizes = sizes or EvalSizes()
     sizes.check()
     ex = run if isinstance(run, Explorer) else Explorer(run, device=device)
@@ -140,7 +145,7 @@ def evaluate(
     def samples() -> tuple[torch.Tensor, float]:  # only when a part needs them
         if "ys" not in memo:
             cache = out / CACHE_DIR / "samples"
-            memo["ys"] = ensure_samples(ex, V, sizes.samples, cache, fp, progress)
+            memo["ys"] = ensure_samples(ex, V, sizes.samples, cache, fp, progress, executor)
         return memo["ys"]
 
     def feats_of(row: int) -> np.ndarray:
@@ -154,7 +159,8 @@ def evaluate(
         asked = "candidate" in sizes.parts and rule in (sizes.tar_rules or COMBINE_RULES)
         result = cached_part(
             out, f"candidate-{rule}", {**tar_params, "run": fp},
-            (lambda r=rule: rule_candidate(ex.with_combine(r), sizes, progress)) if asked else None,
+            (lambda r=rule: rule_candidate(ex.with_combine(r), sizes, progress, executor))
+            if asked else None,
             any_params=not asked,
         )
         if result is not None:
@@ -171,7 +177,8 @@ def evaluate(
         "attribution",
         {"seeds": seeds, "methods": list(METHODS)},
         lambda: attribution_summary(
-            ex, clf, seeds, METHODS, out / CACHE_DIR / "attributions", fp, progress
+            ex, clf, seeds, METHODS, out / CACHE_DIR / "attributions", fp, progress,
+            executor=executor,
         ),
     )
     report["by_n"] = [by_n_entry(ex.run.summary(), summary, report.get("candidate"))]
@@ -182,7 +189,7 @@ def evaluate(
             name,
             {"seeds": seeds, "path": str(Path(path).resolve())},  # its TAR: as first computed
             None if "compare" not in sizes.parts else lambda path=path, name=name: compare_run(
-                path, seeds, sizes, out / CACHE_DIR / name, str(ex.device), progress
+                path, seeds, sizes, out / CACHE_DIR / name, str(ex.device), progress, executor
             ),
         )
         if entry is not None:
@@ -295,23 +302,19 @@ def sample_many(
     V: torch.Tensor,
     seeds: list[int],
     progress: Callable[[int, int], None] | None = None,
+    executor: Executor | None = None,
 ) -> torch.Tensor:
-    """Samples [W, S, C, H, W]: every weight vector with every seed's recorded noise."""
+    """Samples [W, S, C, H, W]: every weight vector with every seed's recorded noise
+    (under the mean rule; here in one pass, or in tasks of a remote `executor`)."""
     W, S = len(V), len(seeds)
-    noise = stack_noise([ex.noise(s) for s in seeds] * W)  # chain w*S + s uses seed s
-    y = sample_chains(
-        ex.run.members,
-        V.repeat_interleave(S, 0),
-        noise,
-        ex.chain(),
-        chunk=ex.chunk,
-        progress=progress,
-    )
+    y = run_chains(ex, V.repeat_interleave(S, 0), [int(s) for s in seeds] * W,  # w*S + s: seed s
+                   None, progress, executor, combine="mean", one_pass_here=True)
     return y.view(W, S, *ex.run.image_shape)
 
 
 def ensure_samples(
-    ex: Explorer, V: torch.Tensor, n_samples: int, cache: Path, fp: str, progress: Progress
+    ex: Explorer, V: torch.Tensor, n_samples: int, cache: Path, fp: str, progress: Progress,
+    executor: Executor | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Samples of seeds 0..n_samples-1 for every row of V, in blocks saved to `cache`."""
     blocks, seconds = [], 0.0
@@ -326,9 +329,9 @@ def ensure_samples(
             report = (
                 None
                 if progress is None
-                else (lambda k, _, b=b: progress("samples", b * K + k, len(starts) * K))
+                else (lambda d, t, b=b: progress("samples", b * K + K * d / t, len(starts) * K))
             )
-            y = sample_many(ex, V, seeds, report)
+            y = sample_many(ex, V, seeds, report, executor)
             meta = {"run": fp, "seconds": f"{time.perf_counter() - t0:.3f}"}
             path.parent.mkdir(parents=True, exist_ok=True)
             save_file({"samples": y.contiguous(), "weights": V.contiguous()}, str(path), meta)
@@ -433,10 +436,12 @@ def attributions_of(
     cache: Path,
     fp: str,
     progress: Callable[[float], None] | None = None,
+    executor: Executor | None = None,
 ) -> dict:
     """Scores of every method for one seed (+ exact phantoms, sample, seconds), cached.
 
-    `progress(fraction)` reports how much of this seed is done.
+    `progress(fraction)` reports how much of this seed is done; `executor`: where the
+    exact method's sweeps run.
     """
     path = cache / f"seed_{seed:06d}.safetensors"
     if path.is_file():
@@ -454,7 +459,7 @@ def attributions_of(
             if progress is not None:
                 progress((i + k / max(K, 1)) / len(methods))
 
-        att = attribute(ex, seed, m, progress=report)
+        att = attribute(ex, seed, m, progress=report, executor=executor)
         t[m], seconds[m] = att.scores, att.seconds
         if m == "exact":
             t["exact_null"], t["sample"] = att.null_scores, att.sample.numpy()
@@ -473,6 +478,7 @@ def attribution_summary(
     fp: str,
     progress: Progress = None,
     what: str = "attribution",
+    executor: Executor | None = None,
 ) -> dict:
     """Agreement with exact (if methods besides exact), noise floor and class agreement."""
     res = []
@@ -482,7 +488,7 @@ def attribution_summary(
             if progress is not None:
                 progress(what, j + frac, len(seeds))
 
-        res.append(attributions_of(ex, seed, methods, cache, fp, report))
+        res.append(attributions_of(ex, seed, methods, cache, fp, report, executor))
         report(1.0)
     steps = ex.steps(None)
     atts = [
@@ -578,15 +584,15 @@ def class_agreement(res: list[dict], labels: np.ndarray, train_labels: np.ndarra
 
 
 def compare_run(
-    path, seeds: list[int], sizes: EvalSizes, cache: Path, device: str, progress: Progress
+    path, seeds: list[int], sizes: EvalSizes, cache: Path, device: str, progress: Progress,
+    executor: Executor | None = None,
 ) -> dict:
     """The exact noise-floor and class-agreement summary of another run."""
     ex = Explorer(path, device=device)
     clf = classifier_for(ex, None, sizes, progress)
-    s = attribution_summary(
-        ex, clf, seeds, ("exact",), cache, fingerprint(ex), progress, what=f"compare N={ex.run.N}"
-    )
-    return by_n_entry(ex.run.summary(), s, candidate_part(ex, sizes, progress))
+    s = attribution_summary(ex, clf, seeds, ("exact",), cache, fingerprint(ex), progress,
+                            what=f"compare N={ex.run.N}", executor=executor)
+    return by_n_entry(ex.run.summary(), s, candidate_part(ex, sizes, progress, executor))
 
 
 def rule_order(default: str) -> list[str]:
@@ -594,14 +600,16 @@ def rule_order(default: str) -> list[str]:
     return [default, *[r for r in COMBINE_RULES if r != default]]
 
 
-def candidate_part(ex: Explorer, sizes: EvalSizes, progress: Progress) -> dict:
+def candidate_part(ex: Explorer, sizes: EvalSizes, progress: Progress,
+                   executor: Executor | None = None) -> dict:
     """The candidate test on `tar_samples` held-out seeds under each combination rule."""
-    rules = {r: rule_candidate(ex.with_combine(r), sizes, progress)
+    rules = {r: rule_candidate(ex.with_combine(r), sizes, progress, executor)
              for r in rule_order(ex.combine) if r in (sizes.tar_rules or COMBINE_RULES)}
     return {"default_rule": ex.combine, "rules": rules}
 
 
-def rule_candidate(ex: Explorer, sizes: EvalSizes, progress: Progress) -> dict:
+def rule_candidate(ex: Explorer, sizes: EvalSizes, progress: Progress,
+                   executor: Executor | None = None) -> dict:
     """TAR of `ex`'s rule on `tar_samples` held-out seeds, with every sample's figures."""
     seeds = list(range(TAR_SEED0, TAR_SEED0 + sizes.tar_samples))
     what = f"candidate test N={ex.run.N} ({ex.combine})"
@@ -609,6 +617,7 @@ def rule_candidate(ex: Explorer, sizes: EvalSizes, progress: Progress) -> dict:
     tests = candidate_tests(
         ex, seeds, controls=sizes.tar_controls,
         progress=None if progress is None else lambda d, t: progress(what, d, t),
+        executor=executor,
     )
     seconds = time.perf_counter() - t0
     return {

@@ -74,6 +74,7 @@ class Executor:
     name = "base"
     remote = False
     shared_path = True  # jobs may read and write the run directory by its path
+    _shared: dict | None = None  # share_once's handles
 
     def run(self, jobs: Iterable[Job], done: Done | None = None,
             on_report: OnReport | None = None) -> None:
@@ -82,6 +83,14 @@ class Executor:
     def share(self, value: Any) -> Any:
         """A handle to `value` that jobs receive as an argument (sent once, not per job)."""
         return value
+
+    def share_once(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """`share(make())`, made and sent once per `key` while this executor is open."""
+        if self._shared is None:
+            self._shared = {}
+        if key not in self._shared:
+            self._shared[key] = self.share(make())
+        return self._shared[key]
 
     def close(self) -> None:
         pass
@@ -258,6 +267,7 @@ class RayExecutor(Executor):
         self.owns_ray = True
 
     def close(self) -> None:
+        self._shared = None  # runs sent to the cluster: freed with their refs
         if self._inbox is not None:
             try:
                 self.ray.kill(self._inbox)
@@ -403,9 +413,13 @@ def run_source(explorer, executor: Executor) -> Any:
     """What a job needs to open `explorer`'s run where it runs (see `open_explorer`)."""
     if not executor.remote:
         return explorer
+    path = Path(explorer.run.path).resolve()
     if executor.shared_path:
-        return str(Path(explorer.run.path).resolve())
-    return executor.share(run_files(explorer.run.path))
+        return str(path)
+    from .ensemble import MANIFEST
+
+    manifest = hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest()
+    return executor.share_once(("run", str(path), manifest), lambda: run_files(path))
 
 
 def run_files(run_dir: str | Path) -> dict[str, bytes]:
@@ -430,7 +444,7 @@ def open_explorer(source: Any, device: str, combine: str, chunk: int):
     from .api import Explorer
 
     if isinstance(source, Explorer):
-        return source
+        return source.with_combine(combine)
     path = Path(source) if isinstance(source, str) else _unpack(source)
     key = (str(path), device, combine, chunk)
     if key not in _EXPLORERS:

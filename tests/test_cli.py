@@ -108,6 +108,9 @@ BAD = [
     (["sample", "--run", "{run}", "--steps", "0", "--out", "{out}"], "steps"),
     (["sample", "--run", "{run}", "--steps", "1001", "--out", "{out}"], "steps"),
     (["sample", "--run", "{run}", "--device", "nonsense", "--out", "{out}"], "device"),
+    (["candidate", "--run", "{run}", "--ray-address", "auto", "--out", "{out}"],
+     "need --backend ray"),
+    (["evaluate", "--run", "{run}", "--ray-shared-path", "--out", "{out}"], "need --backend ray"),
 ]
 
 

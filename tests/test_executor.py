@@ -24,6 +24,7 @@ from conftest import tiny_config
 
 from tda import TdaError
 from tda.attribution import attribute, exact_counterfactuals
+from tda.candidate import candidate_tests
 from tda.encoding import phantom_codes
 from tda.ensemble import MANIFEST, member_dir
 from tda.executor import FAULT_DIR_ENV, Job, JobError, LocalExecutor, RayExecutor
@@ -143,6 +144,87 @@ def test_ray_sweep_equals_the_local_sweep(cluster, tiny_explorer, monkeypatch):
     assert len(codes) == 20 and seen[-1] == (30, 30)  # 3 sweeps of 10 steps each
     ref = attribute(tiny_explorer, 5, "exact", n_phantoms=8)
     assert np.array_equal(att.scores, ref.scores) and np.array_equal(att.null_scores, ref.null_scores)
+
+
+# A Ray task runs the same chains as the local path, but batched differently (tasks of
+# SWEEP_CHUNK chains where the candidate test runs all its chains in one pass here), and
+# a kernel's float32 sums may then round differently (unit roundoff 6e-8 per operation).
+# Samples lie in [-1, 1]; through 10 steps of the tiny UNet the differences stay far
+# below 1e-5, the bound test_candidate uses for the same chain in another batch.
+# Measured here: 6.4e-7 (candidate test, 21 chains in one pass vs tasks of 8); 0 where
+# both sides batch alike (the evaluate parts below).
+ATOL = 1e-5
+
+
+def _assert_same_tests(remote, local) -> None:
+    """Same candidates, ablation outcomes and verdicts; the same images within ATOL."""
+    assert [t.summary()["verdict"] for t in remote] == [t.summary()["verdict"] for t in local]
+    for r, t in zip(remote, local, strict=True):
+        assert (r.seed, r.candidate, r.nearest_after) == (t.seed, t.candidate, t.nearest_after)
+        for name in ("control_rows", "control_nearest", "phantom_nearest"):
+            np.testing.assert_array_equal(getattr(r, name), getattr(t, name))
+        for name in ("sample", "counterfactual"):
+            torch.testing.assert_close(getattr(r, name), getattr(t, name), rtol=0, atol=ATOL)
+        for name in ("control_effects", "phantom_effects"):
+            np.testing.assert_allclose(getattr(r, name), getattr(t, name), rtol=0, atol=ATOL)
+
+
+def test_ray_candidate_test_equals_the_local_one(cluster, tiny_run_dir, tiny_explorer, tmp_path,
+                                                 monkeypatch):
+    import tda.attribution
+    from tda.cli import main
+
+    monkeypatch.setattr(tda.attribution, "SWEEP_CHUNK", 8)
+    ex = tiny_explorer.with_combine("mixture")
+    seeds = [1, 2, 11]  # 3 samples x (candidate + 4 controls + 2 phantoms) = 21 chains: 3 tasks
+    local = candidate_tests(ex, seeds, controls=4, phantoms=2)
+    seen = []
+    with RayExecutor() as executor:
+        remote = candidate_tests(ex, seeds, controls=4, phantoms=2, executor=executor,
+                                 progress=lambda d, t: seen.append((d, t)))
+    _assert_same_tests(remote, local)
+    assert seen[-1] == (3, 3) and len(seen) > 1  # samples count up as the chain tasks finish
+    out = tmp_path / "cand.json"
+    assert main(["candidate", "--run", str(tiny_run_dir), "--seed", "1,2,11", "--controls", "4",
+                 "--phantoms", "2", "--combine", "mixture", "--backend", "ray",
+                 "--out", str(out)]) == 0
+    printed = json.loads(out.read_text())["tests"]
+    assert [t["candidate"] for t in printed] == [t.candidate for t in local]
+    assert [t["verdict"] for t in printed] == [t.verdict for t in local]
+
+
+def test_ray_evaluate_parts_equal_the_local_ones(cluster, tiny_run_dir, tmp_path, monkeypatch):
+    """The candidate, samples (fidelity) and exact attribution parts through Ray."""
+    from safetensors.torch import load_file
+
+    import tda.attribution
+    from tda.evaluate import CACHE_DIR, EvalSizes, evaluate
+    from tda.metrics import fit_classifier
+
+    monkeypatch.setattr(tda.attribution, "SWEEP_CHUNK", 24)  # samples: 2 tasks, exact: 12
+    clf = tmp_path / "classifier"
+    fit_classifier(tiny_config().data, clf, steps=20)
+    sizes = EvalSizes(samples=4, seeds=1, draws=1, sizes=(2,), tar_samples=3, tar_controls=2,
+                      parts=("candidate", "fidelity", "attribution"))
+    local = evaluate(tiny_run_dir, tmp_path / "local", sizes, classifier_dir=clf)
+    with RayExecutor() as executor:
+        remote = evaluate(tiny_run_dir, tmp_path / "ray", sizes, classifier_dir=clf,
+                          executor=executor)
+    for rule in ("mean", "mixture"):
+        a, b = remote["candidate"]["rules"][rule], local["candidate"]["rules"][rule]
+        for key in ("candidate", "changed", "flip_rate", "p_value", "verdict"):
+            assert a["per_sample"][key] == b["per_sample"][key], (rule, key)
+        assert (a["tar"], a["tar_low"], a["tar_high"]) == (b["tar"], b["tar_low"], b["tar_high"])
+    block = f"{CACHE_DIR}/samples/block_000000.safetensors"  # 8 weight rows x 4 seeds: 32 chains
+    ys = [load_file(str(tmp_path / side / block))["samples"] for side in ("ray", "local")]
+    torch.testing.assert_close(ys[0], ys[1], rtol=0, atol=ATOL)
+    assert remote["fidelity"]["fd_ensemble"] == pytest.approx(local["fidelity"]["fd_ensemble"],
+                                                              rel=1e-3)
+    attribution = f"{CACHE_DIR}/attributions/seed_000000.safetensors"  # exact: 16 + 256 chains
+    scores = [load_file(str(tmp_path / side / attribution)) for side in ("ray", "local")]
+    for key in ("exact", "exact_null", "jacobian"):
+        torch.testing.assert_close(scores[0][key], scores[1][key], rtol=0, atol=ATOL)
+    assert not (tiny_run_dir / "report").exists()  # only the driver wrote, into `out`
 
 
 def test_a_worker_lost_on_first_attempt_is_retried(cluster, tiny_run_dir, tmp_path):
