@@ -11,7 +11,7 @@ TDA_RUNS.
 
 import streamlit as st
 
-from tda import views
+from tda import pictures, views
 from ui import nav, render, state
 
 ctx = state.sidebar("Home")
@@ -61,7 +61,7 @@ if tar is not None:
     show = {"ok": st.success, "partly": st.warning, "weak": st.warning}[tar["level"]]
     show(f"**Is attribution meaningful here? {head}** " + tar["text"])
     paper = tar["paper"]
-    st.dataframe(
+    st.table(
         [{"rule": r["rule"] + (" (this run's default)" if r["rule"] == tar["default_rule"] else ""),
           "TAR": f"{r['tar']:.2f}", "95% interval": f"{r['low']:.2f}–{r['high']:.2f}",
           "x̂ ablation changes the sample": f"{r['candidate']:.0%}",
@@ -69,7 +69,6 @@ if tar is not None:
           "samples that copy a training image": f"{r['copies']:.0%}",
           "paper (MNIST)": "—" if paper is None else f"{paper[1]:.2f} at N = {paper[0]:,}"}
          for r in tar["rows"]],
-        hide_index=True,
     )
 
 finding = views.floor_finding(run.path)
@@ -85,11 +84,13 @@ elif finding is not None:
     show = st.success if finding[0] == "ok" else st.warning
     show(f"**Is attribution meaningful here? {head}** " + finding[1])
 
-st.plotly_chart(views.code_matrix_figure(run.codes, run.labels), key="codes")
+render.chart("Interactive code matrix (hover for each image)",
+             lambda: views.code_matrix_figure(run.codes, run.labels), "codes",
+             picture=pictures.code_matrix_image(run.codes))
 
 st.subheader("How a counterfactual works")
 code = run.codes[0]
-st.plotly_chart(views.counterfactual_diagram(code, 0), key="diagram")
+st.image(pictures.weights_image(code, 0), output_format="PNG")
 cf, _ = state.counterfactual(ctx.key, ctx.seed, tuple(bool(b) for b in code == 0), ctx.combine)
 c = st.columns([1, 1, 1, 1, 3])
 render.show(run.images[0], "training image #0", 128, c[0])

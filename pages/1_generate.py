@@ -3,7 +3,7 @@
 import numpy as np
 import streamlit as st
 
-from tda import views
+from tda import pictures, views
 from ui import render, state
 
 ctx = state.sidebar("Generate")
@@ -43,18 +43,19 @@ with right:
 if ctx.combine == "mixture":
     loglik = ctx.explorer.sample(ctx.seed).mixture_loglik  # cached with the trajectory
     nearest = int(views.nearest_row(run.images, y))
-    st.plotly_chart(
-        views.mixture_weights_figure(loglik, timesteps, run.codes[nearest] == 1), key="weights"
-    )
+    saw = run.codes[nearest] == 1
+    render.chart("Interactive weights (hover for each step)",
+                 lambda: views.mixture_weights_figure(loglik, timesteps, saw), "weights",
+                 picture=pictures.mixture_weights_image(loglik, timesteps, saw))
     st.caption(
         f"Under the mixture rule each member is weighted by how well it explains the "
-        f"trajectory so far. ★: the members trained on training image #{nearest}, the one "
+        f"trajectory so far. *: the members trained on training image #{nearest}, the one "
         "nearest to the sample."
     )
 
 frames = np.unique(np.linspace(0, K, min(K + 1, 11)).round().astype(int))
 st.caption("The chain at a glance, from pure noise to the sample:")
-render.gallery(traj[frames], [f"step {f}" for f in frames], cols=len(frames), size=96)
+render.sheet(traj[frames], [f"step {f}" for f in frames], cols=len(frames), size=64)
 
 st.subheader("Every member alone, same noise")
 st.caption(
@@ -63,9 +64,5 @@ st.caption(
     "one's quirks could move a counterfactual."
 )
 seen = run.codes.sum(0)
-render.gallery(
-    members,
-    [f"m{i} · saw {int(seen[i])}" for i in range(run.n)],
-    cols=min(8, run.n),
-    size=160,
-)
+render.sheet(members, [f"m{i}, saw {int(seen[i])}" for i in range(run.n)], cols=min(8, run.n),
+             size=96)

@@ -60,8 +60,8 @@ with c[4]:
         f"The candidate-first test of Dai & Gifford (2024): the candidate is chosen before any "
         f"counterfactual, so there is one hypothesis per sample. Rule: **{rule}**."
     )
-with st.expander("How far each ablation moved the sample"):
-    st.plotly_chart(views.candidate_figure(test), key="candidate")
+render.chart("Show how far each ablation moved the sample",
+             lambda: views.candidate_figure(test), "candidate")
 
 st.subheader("Which training images influenced it most?")
 c1, c2, c3 = st.columns([2, 2, 4])
@@ -202,7 +202,8 @@ h, s = st.columns(2)
 with h:
     if len(att.null_scores):
         real = att.scores[att.verified_rows] if verified_m else att.scores
-        st.plotly_chart(views.score_histogram(real, att.null_scores, att.method), key="hist")
+        render.chart("Show the histogram of real vs phantom scores",
+                     lambda: views.score_histogram(real, att.null_scores, att.method), "hist")
     else:
         st.caption("This method scores no phantom codes.")
 with s:
@@ -210,17 +211,10 @@ with s:
     if exact is not None:
         rho = float(spearmanr(base.scores, exact.scores).statistic)
         top = len(set(base.order[:k]) & set(exact.order[:k]))
-        st.plotly_chart(
-            views.scatter_figure(
-                exact.scores,
-                base.scores,
-                "exact score",
-                f"{method} score",
-                f"{method} vs exact (Spearman ρ = {rho:.2f})",
-                highlight=base.order[:k],
-            ),
-            key="scatter",
-        )
+        render.chart(f"Show {method} against exact scores", lambda: views.scatter_figure(
+            exact.scores, base.scores, "exact score", f"{method} score",
+            f"{method} vs exact (Spearman ρ = {rho:.2f})", highlight=base.order[:k],
+        ), "scatter")
         sc = st.columns(2)
         sc[0].metric("Spearman ρ vs exact", f"{rho:.2f}")
         sc[1].metric(f"Top-{k} overlap with exact", f"{top}/{k}")

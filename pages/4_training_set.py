@@ -46,7 +46,8 @@ page = f2.number_input(f"Page (of {pages})", 1, pages, 1, key=f"browse_page_{lab
 shown = rows[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
 which = "" if label == "all" else f" with label {label}"
 f3.caption(f"{len(rows)} images{which}; page {page} shows {len(shown)}.")
-render.gallery(run.images[shown], [f"#{j} · {int(run.labels[j])}" for j in shown], cols=16, size=64)
+render.sheet(run.images[shown], [f"#{j}: {int(run.labels[j])}" for j in shown], cols=16, size=48,
+             caption="#index: label")
 
 # -- one image ---------------------------------------------------------------------------
 st.subheader("One training image")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tda import views
+from tda import pictures, views
 from ui.nav import BY_URL
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +35,30 @@ def open_app(page: str | None = None) -> AppTest:
         at.switch_page(BY_URL[page].path).run()
     assert not at.exception, at.exception
     return at
+
+
+@pytest.fixture
+def sheets(monkeypatch) -> list[tuple[list, list[str]]]:
+    """Every contact sheet a page draws: (its images, their captions), in order."""
+    drawn: list = []
+    real = pictures.contact_sheet
+
+    def spy(images, captions, *args, **kw):
+        drawn.append((list(images), list(captions)))
+        return real(images, captions, *args, **kw)
+
+    monkeypatch.setattr(pictures, "contact_sheet", spy)
+    return drawn
+
+
+def charts_after_toggles(at: AppTest) -> list[str]:
+    """Switch on every "interactive chart" toggle of the page; the charts' specs."""
+    for t in at.toggle:
+        if t.key and t.key.startswith("chart_"):
+            t.set_value(True)
+    at.run()
+    assert not at.exception, at.exception
+    return [c.proto.spec for c in at.get("plotly_chart")]
 
 
 def images(at: AppTest) -> list:
@@ -80,29 +104,38 @@ def test_home_summarises_the_run(app_env):
     assert (m["Training images N"], m["Members n"], m["Code weight h"]) == ("16", "6", "3")
     assert (m["Dataset"], m["Sampling steps"], m["Initialisation"]) == ("digits", "10", "shared")
     assert m["Image size"] == "8×8"
-    charts = at.get("plotly_chart")
-    assert len(charts) == 2  # code matrix and counterfactual diagram
-    assert '"Heatmap"' in charts[0].proto.spec or '"heatmap"' in charts[0].proto.spec
-    assert "Code matrix" in charts[0].proto.spec
-    assert "without image #0" in charts[1].proto.spec
+    assert not at.get("plotly_chart") and not at.get("arrow_data_frame")  # light first view
     assert len(at.get("page_link")) == 6 + 4  # the navigation, then "Where to go"
     assert captions(at) == [
+        "",  # the code matrix, drawn as a picture
+        "",  # the members' weights with and without image #0
         "training image #0",
         "sample (seed 0)",
         "without image #0",
         "residual",
     ]
+    charts = charts_after_toggles(at)  # the interactive code matrix replaces its picture
+    assert len(charts) == 1 and '"heatmap"' in charts[0].lower() and "Code matrix" in charts[0]
+    assert captions(at)[0] == ""  # the weights picture stays
+    assert len(images(at)) == 5
 
 
-def test_generate_shows_sample_trajectory_members_and_follows_the_seed(app_env, tiny_explorer):
+def test_generate_shows_sample_trajectory_members_and_follows_the_seed(
+    app_env, tiny_explorer, sheets
+):
     seen = tiny_explorer.run.codes.sum(0)
     at = open_app("generate")
-    assert len(images(at)) == 1 + 1 + 11 + 6  # sample, chosen step, filmstrip, members
+    assert len(images(at)) == 1 + 1 + 1 + 1  # sample, chosen step, filmstrip, members' sheet
     caps = captions(at)
     assert caps[0] == "full ensemble, 10 steps"
     assert caps[1].startswith("after step 10/10")
-    assert caps[2:13] == [f"step {k}" for k in range(11)]
-    assert caps[13:] == [f"m{i} · saw {seen[i]}" for i in range(6)]
+    (frames, frame_caps), (members, member_caps) = sheets
+    assert frame_caps == [f"step {k}" for k in range(11)]
+    traj = tiny_explorer.trajectory(0)
+    assert all(np.allclose(f, traj[k], atol=1e-6) for k, f in enumerate(frames))
+    assert member_caps == [f"m{i}, saw {seen[i]}" for i in range(6)]
+    want = tiny_explorer.member_samples(0)
+    assert all(np.allclose(m, w, atol=1e-6) for m, w in zip(members, want, strict=True))
     assert {"Ensemble sample", "Trajectory", "All 6 members alone"} <= set(metrics(at))
     assert all(v.endswith(" s") for v in metrics(at).values())
     assert at.subheader[0].value == "Sample of seed 0"
@@ -165,7 +198,9 @@ def test_attribution_methods_verification_and_comparison(app_env):
     assert all(
         b.startswith(":gray-badge[within noise (p=") or "above noise floor (p=" in b for b in badges
     )
-    assert len(at.get("plotly_chart")) == 2  # candidate, histogram; no exact scores for a scatter
+    assert not at.get("plotly_chart")  # charts on request
+    charts = charts_after_toggles(at)  # candidate, histogram; no exact scores for a scatter
+    assert len(charts) == 2 and "How far each ablation" in charts[0]
 
     for method in ("last-step", "individual"):
         at.selectbox(key="method").set_value(method).run()
@@ -190,7 +225,7 @@ def test_attribution_methods_verification_and_comparison(app_env):
     m = metrics(at)
     assert -1.0 <= float(m["Spearman ρ vs exact"]) <= 1.0
     assert m["Top-8 overlap with exact"].endswith("/8")
-    assert len(at.get("plotly_chart")) == 3  # candidate, histogram, scatter
+    assert len(charts_after_toggles(at)) == 3  # candidate, histogram, scatter
 
     verify = next(b for b in at.button if b.label.startswith("Verify exactly"))
     verify.click().run()
@@ -245,14 +280,18 @@ def _png(array: np.ndarray, size: int = 64) -> bytes:
     return buf.getvalue()
 
 
-def test_training_set_browse_pick_and_search(app_env, tiny_explorer):
+def test_training_set_browse_pick_and_search(app_env, tiny_explorer, sheets):
     run = tiny_explorer.run
     at = open_app("training_set")
     caps = captions(at)
-    assert caps[:16] == [f"#{j} · {int(run.labels[j])}" for j in range(16)]
+    assert caps[0] == "#index: label"  # the page of the training set, one sheet
+    shown, shown_caps = sheets[-1]
+    assert shown_caps == [f"#{j}: {int(run.labels[j])}" for j in range(16)]
+    assert all(np.array_equal(im, run.images[j]) for j, im in enumerate(shown))
 
     at.selectbox(key="browse_label").set_value(3).run()
-    assert captions(at)[:3] == ["#6 · 3", "#7 · 3", "#0 · label 0"]  # then the picked image
+    assert sheets[-1][1] == ["#6: 3", "#7: 3"]
+    assert captions(at)[:2] == ["#index: label", "#0 · label 0"]  # then the picked image
 
     at.number_input(key="picked").set_value(5).run()
     code = views.bits(run.codes[5])
@@ -376,7 +415,7 @@ def test_attribution_compares_with_exact_on_request(app_env):
     next(b for b in at.button if b.label == "Compute exact scores to compare").click().run()
     assert not at.exception
     rho = float(metrics(at)["Spearman ρ vs exact"])
-    assert -1.0 <= rho <= 1.0 and len(at.get("plotly_chart")) == 3
+    assert -1.0 <= rho <= 1.0 and len(charts_after_toggles(at)) == 3
     assert not [b for b in at.button if b.label == "Compute exact scores to compare"]
 
 
@@ -402,7 +441,7 @@ def test_a_link_opens_its_view_and_the_url_follows(app_env):
     assert at.selectbox(key="combine").value == "mixture"
     assert at.subheader[0].value == "Sample of seed 3" and not at.warning
     assert at.query_params == {"run": label, "seed": "3", "combine": "mixture"}
-    charts = [c.proto.spec for c in at.get("plotly_chart")]
+    charts = charts_after_toggles(at)
     assert any("Which members the sample followed" in c for c in charts)  # mixture only
     mixture = images(at)[0].url
 

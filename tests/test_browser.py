@@ -35,18 +35,20 @@ NAV = ("Home", "Generate", "Attribution", "Ablation lab", "Training set", "Diagn
 PAGES = {
     "": (
         "Which training images made this sample?",
-        ['[data-testid="stPlotlyChart"]'],
-        ["Training images N", "How a counterfactual works", "without image #0"],
+        ['[data-testid="stImage"] img', '[data-testid="stCheckbox"]'],  # pictures; a toggle
+        ["Training images N", "How a counterfactual works", "without image #0",
+         "Interactive code matrix"],
     ),
     "generate": (
         "Generate",
         ['[data-testid="stImage"] img', '[data-testid="stSlider"]'],
-        ["Every member alone", "m5 · saw"],
+        ["Every member alone", "The chain at a glance"],
     ),
     "attribution": (
         "Attribution",
-        ['[data-testid="stImage"] img', '[data-testid="stPlotlyChart"]'],
-        ["Top-1 / phantom p99", "training image", "Top 8 training images"],
+        ['[data-testid="stImage"] img', '[data-testid="stCheckbox"]'],
+        ["Top-1 / phantom p99", "training image", "Top 8 training images",
+         "Show the histogram of real vs phantom scores"],
     ),
     "ablation": (
         "Ablation lab",
@@ -227,6 +229,19 @@ def test_deep_link_on_a_fresh_server(tiny_env, page, tmp_path, path):
             ".every(i => i.complete && i.naturalWidth > 0)"
         )
         screenshot(page, f"{path or 'home'}.png")
+
+
+def test_charts_load_on_request(server, page):
+    """Pages open with pictures; a toggle swaps in the interactive plotly chart."""
+    page.goto(server)
+    wait_until_done(page)
+    main = page.locator('[data-testid="stMain"]')
+    assert not main.locator('[data-testid="stPlotlyChart"]').count()
+    main.get_by_text("Interactive code matrix").click()
+    main.locator('[data-testid="stPlotlyChart"]').first.wait_for(state="visible")
+    wait_until_done(page)
+    assert main.locator('[data-testid="stPlotlyChart"] .main-svg').count()
+    screenshot(page, "home_interactive.png")
 
 
 def test_seed_change_in_the_browser(server, page):

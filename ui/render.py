@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import streamlit as st
 
-from tda import views
+from tda import pictures, views
 
 NOISE_ALPHA = 0.05  # a real score with p below this is shown as above the noise floor
 
@@ -47,6 +47,25 @@ def gallery(
             row, images[start : start + cols], captions[start : start + cols], strict=False
         ):
             show(im, cap, size, container=c)
+
+
+def sheet(images: np.ndarray | Sequence, captions: Sequence[str], cols: int = 8,
+          size: int = 96, caption: str | None = None) -> None:
+    """Many small images as one picture (a contact sheet), captions drawn in: one image
+    for the browser to fetch and lay out instead of one per thumbnail."""
+    st.image(pictures.contact_sheet(images, captions, cols, size), caption=caption,
+             output_format="PNG")
+
+
+def chart(label: str, make: Callable[[], object], key: str, picture=None) -> None:
+    """A plotly chart on request. With `picture` (a PIL image of the same figure), the
+    picture is shown and the toggle swaps in the interactive chart; without, the toggle
+    shows the chart. Plotly's JavaScript, a few MB per browser, loads only when asked."""
+    on = st.toggle(label, key=f"chart_{key}")
+    if on:
+        st.plotly_chart(make(), key=key)
+    elif picture is not None:
+        st.image(picture, output_format="PNG")
 
 
 def pvalue_badge(p: float, container=st) -> None:
