@@ -74,3 +74,31 @@ def test_home_page_tells_whether_samples_are_attributable(monkeypatch):
     metrics = {m.label: m.value for m in at.metric}
     run = load_run(DEFAULT)
     assert metrics["Training images N"] == str(run.N) and metrics["Members n"] == "16"
+
+
+def test_the_default_runs_featured_seeds_are_current_and_equal_a_fresh_computation():
+    """The class's first views come from assets/default/featured: they must belong to these
+    members (fingerprint) and be what the app would compute now (seed 0 recomputed)."""
+    from tda.attribution import attribute, counterfactuals_for, exact_counterfactuals
+    from tda.featured import DEFAULT_SEEDS, load_featured
+
+    fresh = Explorer(load_run(DEFAULT))
+    featured = load_featured(fresh.run)
+    assert featured is not None, "rerun: python -m tda precompute --run assets/default"
+    assert featured.seeds("mixture") == list(DEFAULT_SEEDS)
+    entry = featured.get(0, "mixture")
+    atol = 1e-4  # another batch shape may round float32 differently over 50 steps
+    s = fresh.sample(0)
+    torch.testing.assert_close(entry.sample, s.sample, atol=atol, rtol=0)
+    torch.testing.assert_close(entry.tensors["members"], fresh.member_samples(0), atol=atol,
+                               rtol=0)
+    got, want = entry.attribution("jacobian"), attribute(fresh, 0, "jacobian")
+    torch.testing.assert_close(torch.as_tensor(got.scores), torch.as_tensor(want.scores),
+                               atol=atol, rtol=1e-4)
+    exact = entry.attribution("exact")
+    assert exact is not None and exact.exact
+    top = exact.order[:2]  # the exact scores of the top two, recomputed chain by chain
+    cf = exact_counterfactuals(fresh, 0, None, fresh.run.codes[top])
+    torch.testing.assert_close(cf, counterfactuals_for(fresh, exact, top), atol=atol, rtol=0)
+    norms = (cf - s.sample).flatten(1).norm(dim=1).numpy()
+    assert norms == pytest.approx(exact.scores[top], abs=atol * 10)
