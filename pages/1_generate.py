@@ -41,7 +41,7 @@ with right:
     st.caption("Times of the first computation; repeats come from the cache.")
 
 if ctx.combine == "mixture":
-    loglik = ctx.explorer.sample(ctx.seed).mixture_loglik  # cached with the trajectory
+    loglik = state.mixture_loglik(ctx.key, ctx.seed)
     nearest = int(views.nearest_row(run.images, y))
     saw = run.codes[nearest] == 1
     render.chart("Interactive weights (hover for each step)",

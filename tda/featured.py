@@ -2,7 +2,8 @@
 
 `precompute(explorer, seeds)` computes, for the sample of each seed under the explorer's
 combination rule: the sample and its trajectory, every member alone, the counterfactual
-of training image #0 (Home's example), the default method's attribution (jacobian) with
+of training image #0 (Home's example), the mixture's log-likelihoods (Generate's
+picture of the members followed), the default method's attribution (jacobian) with
 its phantom floor, the candidate test, and the exact scores where affordable (N up to
 `EXACT_MAX_N` unless told). It writes `RUN/featured/`:
 
@@ -118,6 +119,8 @@ def precompute(
             "trajectory": s.trajectory,
             "timesteps": explorer.chain().timesteps.to(torch.int64),
         }
+        if s.mixture_loglik is not None:  # Generate's picture of the members it followed
+            tensors["mixture_loglik"] = s.mixture_loglik
         t = time.perf_counter()
         tensors["members"] = explorer.member_samples(seed)
         entry["seconds"]["members"] = time.perf_counter() - t
@@ -207,6 +210,12 @@ class Entry:
     @property
     def sample(self) -> torch.Tensor:
         return self.tensors["sample"]
+
+    @property
+    def mixture_loglik(self) -> torch.Tensor | None:
+        """The mixture's running log-likelihoods [K, n] (mixture entries written since they
+        were added; None for older ones, which the app then recomputes)."""
+        return self.tensors.get("mixture_loglik")
 
     def seconds(self, what: str) -> float:
         return float(self.meta["seconds"].get(what, 0.0))

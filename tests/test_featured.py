@@ -123,6 +123,8 @@ def test_the_command_adds_seeds_and_rules(featured_run, tmp_path, capsys):
     entry = featured.get(5, "mixture")
     assert entry.attribution("exact") is None and entry.attribution("jacobian") is not None
     assert entry.candidate().combine == "mixture"
+    close(entry.mixture_loglik, Explorer(run_dir, combine="mixture").sample(5).mixture_loglik)
+    assert featured.get(5, "mean").mixture_loglik is None  # the mean rule has none
     assert main(["precompute", "--run", str(tmp_path / "nothing"), "--seeds", "0"]) == 2
 
 
@@ -140,6 +142,11 @@ def test_featured_seeds_open_without_any_computation(featured_run, tmp_path, mon
     monkeypatch.setenv("TDA_ASSETS", str(tmp_path / "no-assets"))
     jobs = JobManager(workers=1, queue=4)
     monkeypatch.setattr(state, "jobs", lambda: jobs)
+    import tda.api
+
+    chains = []  # every batch of chains a page runs through the Explorer
+    real = tda.api.sample_chains
+    monkeypatch.setattr(tda.api, "sample_chains", lambda *a, **k: chains.append(1) or real(*a, **k))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
     assert at.number_input(key="seed").value == 0  # the default seed is featured
     assert "Featured seeds, ready at once: 0, 2" in [c.value for c in at.sidebar.caption]
@@ -149,9 +156,9 @@ def test_featured_seeds_open_without_any_computation(featured_run, tmp_path, mon
     at.switch_page(BY_URL["attribution"].path).run()
     m = {x.label: x.value for x in at.metric}
     assert "Spearman ρ vs exact" in m and "Top-1 / phantom p99" in m
-    assert jobs.started == 0
+    assert jobs.started == 0 and not chains
     at.number_input(key="seed").set_value(3).run()  # not featured: computed on demand
-    assert not at.exception and jobs.started >= 2
+    assert not at.exception and jobs.started >= 2 and chains
 
 
 def test_configure_after_precompute_leaves_the_run_loadable(featured_run, tmp_path):

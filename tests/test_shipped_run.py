@@ -59,14 +59,27 @@ def test_assets_stay_small():
 
 
 def test_home_page_tells_whether_samples_are_attributable(monkeypatch):
+    """The shipped app, as a class opens it: Home says whether samples are attributable,
+    and Home, Generate and Attribution of the default (featured) seed run no chain."""
     from streamlit.testing.v1 import AppTest
+
+    import tda.api
+    from ui.nav import BY_URL
 
     monkeypatch.delenv("TDA_RUNS", raising=False)
     monkeypatch.delenv("TDA_ASSETS", raising=False)
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root)
+    chains = []
+    real = tda.api.sample_chains
+    monkeypatch.setattr(tda.api, "sample_chains", lambda *a, **k: chains.append(1) or real(*a, **k))
     at = AppTest.from_file(str(root / "app.py"), default_timeout=120).run()
     assert not at.exception
+    for page in ("generate", "attribution"):
+        at.switch_page(BY_URL[page].path).run()
+        assert not at.exception, at.exception
+    assert not chains, "a featured page ran chains: python -m tda precompute --run assets/default"
+    at.switch_page(BY_URL[""].path).run()
     shown = " ".join(w.value for w in (*at.warning, *at.success))
     finding = views.tar_finding(DEFAULT)
     assert finding is not None and "Is attribution meaningful here?" in shown

@@ -179,3 +179,34 @@ def test_the_shared_server_config_hides_errors_and_developer_tools():
     assert config["client"]["showSidebarNavigation"] is False  # ui.nav draws the navigation
     assert config["server"]["maxUploadSize"] >= Limits().upload_mb
     assert config["browser"]["gatherUsageStats"] is False
+
+
+def test_page_chains_run_niced_and_one_per_core():
+    """A page's own chains go through one small pool: below the niceness of the threads
+    that serve pages, and never more at once than the machine has cores."""
+    import os
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ui import state
+
+    here = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    nice = state._computed(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+    assert nice >= max(here, state.PAGE_NICE)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == here  # not this one
+
+    running, most, lock = [0], [0], threading.Lock()
+
+    def chain():
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return threading.get_native_id()
+
+    with ThreadPoolExecutor(8) as pages:  # eight page runs at once
+        ran_in = set(pages.map(lambda _: state._computed(chain), range(16)))
+    assert most[0] <= (os.cpu_count() or 1) and len(ran_in) <= (os.cpu_count() or 1)

@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ A run is any folder with an `ensemble.json` in it."""
 POLL_S = 0.5  # a waiting page refreshes its place in the queue or progress this often
 RESULTS_KEPT = 256  # finished expensive results kept for everyone (least recently used go)
 JOB_NICE = 10  # jobs yield the CPU to page runs, so that cheap views stay responsive
+PAGE_NICE = 5  # a page's own chains yield to serving ready pages, but not to queued jobs
 
 
 def assets_dir() -> Path:
@@ -195,6 +197,30 @@ def jobs() -> JobManager:
     return JobManager(min(lim.jobs, os.cpu_count() or 1), lim.queue, keep=RESULTS_KEPT)
 
 
+def _lower_priority(nice: int) -> None:
+    """This thread: torch's thread count of `Limits.threads` and at least the niceness
+    `nice` (never more priority than it had)."""
+    torch.set_num_threads(limits().threads)  # per thread: a new worker thread has its own
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError):  # Linux: a thread's own niceness
+        os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid)))
+
+
+@st.cache_resource
+def _page_pool() -> ThreadPoolExecutor:
+    """Where pages run their own cheap chains (a sample, a trajectory, one counterfactual):
+    one at a time per core, niced below the threads that serve pages. A class's own seeds
+    then cannot hold the CPU, the memory or the GIL that pages already computed (featured
+    seeds, cached results) need to be served."""
+    return ThreadPoolExecutor(max(1, os.cpu_count() or 1), "tda-page",
+                              initializer=_lower_priority, initargs=(PAGE_NICE,))
+
+
+def _computed(fn: Callable[[], Any]) -> Any:
+    """fn() in the page pool; this page run waits for it."""
+    return _page_pool().submit(fn).result()
+
+
 def _show(box, s: Status, text: str) -> None:
     """A waiting page's view of its job: place in the queue, or progress."""
     if s.state == QUEUED:
@@ -217,12 +243,8 @@ def run_job(job_key: tuple, fn: Callable[[Callable], Any], text: str, priority: 
     a job nobody waits for is cancelled. `fn` runs in a worker thread: it must not call
     Streamlit.
     """
-    threads = limits().threads
-
     def work(progress):
-        torch.set_num_threads(threads)  # per thread: a new worker thread has its own
-        with contextlib.suppress(OSError):  # Linux: a thread's own niceness
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), JOB_NICE)
+        _lower_priority(JOB_NICE)
         return fn(progress)
 
     try:
@@ -247,8 +269,9 @@ def run_job(job_key: tuple, fn: Callable[[Callable], Any], text: str, priority: 
 
 @st.cache_data(show_spinner="Sampling ...", max_entries=64)
 def _ensemble_sample(key: str, seed: int, combine: str) -> tuple[np.ndarray, float]:
+    ex = explorer(key, combine)
     t = time.perf_counter()
-    y = explorer(key, combine).sample(seed).sample.numpy()
+    y = _computed(lambda: ex.sample(seed).sample.numpy())
     return y, time.perf_counter() - t
 
 
@@ -262,9 +285,9 @@ def ensemble_sample(key: str, seed: int, combine: str) -> tuple[np.ndarray, floa
 
 @st.cache_data(show_spinner="Recording the denoising trajectory ...", max_entries=32)
 def _trajectory(key: str, seed: int, combine: str) -> tuple[np.ndarray, np.ndarray, float]:
-    t = time.perf_counter()
     ex = explorer(key, combine)
-    traj = ex.trajectory(seed).numpy()
+    t = time.perf_counter()
+    traj = _computed(lambda: ex.trajectory(seed).numpy())
     return traj, ex.chain().timesteps.numpy(), time.perf_counter() - t
 
 
@@ -275,6 +298,21 @@ def trajectory(key: str, seed: int, combine: str) -> tuple[np.ndarray, np.ndarra
         t = e.tensors
         return t["trajectory"].numpy(), t["timesteps"].numpy(), e.seconds("sample")
     return _trajectory(key, seed, combine)
+
+
+@st.cache_data(show_spinner="Recording the mixture weights ...", max_entries=32)
+def _mixture_loglik(key: str, seed: int) -> np.ndarray:
+    ex = explorer(key, "mixture")
+    return _computed(lambda: ex.sample(seed).mixture_loglik.numpy())
+
+
+def mixture_loglik(key: str, seed: int) -> np.ndarray:
+    """The mixture's running log-likelihoods of the seed's chain [K, n] (precomputed if
+    featured)."""
+    e = _entry(key, seed, "mixture")
+    if e is not None and e.mixture_loglik is not None:
+        return e.mixture_loglik.numpy()
+    return _mixture_loglik(key, seed)
 
 
 def member_samples(key: str, seed: int, combine: str) -> tuple[np.ndarray, float]:
@@ -294,8 +332,9 @@ def member_samples(key: str, seed: int, combine: str) -> tuple[np.ndarray, float
 
 @st.cache_data(show_spinner="Running the counterfactual chain ...", max_entries=256)
 def _counterfactual(key: str, seed: int, active: tuple[bool, ...], combine: str):
+    ex = explorer(key, combine)
     t = time.perf_counter()
-    cf = explorer(key, combine).counterfactual(seed, active=list(active))
+    cf = _computed(lambda: ex.counterfactual(seed, active=list(active)))
     return cf, time.perf_counter() - t
 
 
@@ -389,7 +428,8 @@ def live_evaluation(key: str, combine: str, sizes) -> dict:
 def _counterfactuals(key, seed, method, verified_m, rows, exact, combine, _att) -> np.ndarray:
     from tda.attribution import counterfactuals_for
 
-    return counterfactuals_for(explorer(key, combine), _att, list(rows), exact=exact).numpy()
+    ex = explorer(key, combine)
+    return _computed(lambda: counterfactuals_for(ex, _att, list(rows), exact=exact).numpy())
 
 
 def counterfactuals(
