@@ -428,8 +428,9 @@ def live_evaluation(key: str, combine: str, sizes) -> dict:
 def _counterfactuals(key, seed, method, verified_m, rows, exact, combine, _att) -> np.ndarray:
     from tda.attribution import counterfactuals_for
 
-    ex = explorer(key, combine)
-    return _computed(lambda: counterfactuals_for(ex, _att, list(rows), exact=exact).numpy())
+    # not in the page pool: mostly a matrix product (or stored residuals) that must not
+    # queue behind other sessions' chains; the rare exact chains run here
+    return counterfactuals_for(explorer(key, combine), _att, list(rows), exact=exact).numpy()
 
 
 def counterfactuals(
