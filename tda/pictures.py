@@ -105,8 +105,11 @@ def heatmap_image(
     return im
 
 
-def _ticks(count: int, every: int) -> list[tuple[int, str]]:
-    return [(i, str(i)) for i in range(0, count, every)]
+def _axis(count: int, width: int, steps: Sequence[int]) -> tuple[int, int]:
+    """Whole-pixel column width for `count` columns within `width` pixels, and the first
+    tick step of `steps` that puts ticks at least 40 px apart."""
+    cw = int(np.clip(width // count, 1, 24))
+    return cw, next((e for e in steps if e * cw >= 40), count)
 
 
 def code_matrix_image(codes: np.ndarray, width: int = 760) -> Image.Image:
@@ -114,13 +117,11 @@ def code_matrix_image(codes: np.ndarray, width: int = 760) -> Image.Image:
     trained on the image; as wide as `width` allows with whole-pixel columns."""
     codes = np.asarray(codes)
     N, n = codes.shape
-    cw = int(np.clip(width // N, 1, 24))
-    every = next(e for e in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 10**9)
-                 if e * cw >= 40)
+    cw, every = _axis(N, width, [2**k for k in range(13)])
     return heatmap_image(
         codes.T.astype(np.float32), [f"m{i}" for i in range(n)], cell=(cw, 12),
         title=f"Code matrix: blue = member trained on the image ({N} images x {n} members)",
-        x_label="training image #", x_ticks=_ticks(N, every), gap=1 if cw >= 6 else 0,
+        x_label="training image #", x_ticks=[(i, str(i)) for i in range(0, N, every)], gap=1 if cw >= 6 else 0,
     )
 
 
@@ -146,8 +147,7 @@ def mixture_weights_image(loglik: torch.Tensor | np.ndarray, timesteps: np.ndarr
     ll = torch.as_tensor(np.asarray(loglik), dtype=torch.float64)
     w = torch.softmax(ll, dim=1).numpy()
     K, n = w.shape
-    cw = int(np.clip(width // K, 1, 24))
-    every = next(e for e in (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 10**9) if e * cw >= 40)
+    cw, every = _axis(K, width, (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000))
     names = [f"m{i}" + (" *" if saw is not None and saw[i] else "") for i in range(n)]
     return heatmap_image(
         w.T, names, cell=(cw, 14), low="#ffffff",
