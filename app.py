@@ -14,6 +14,13 @@ import streamlit as st
 from tda import pictures, views
 from ui import nav, render, state
 
+INIT_HELP = {
+    "shared": "shared: members start from the same weights and random stream.",
+    "independent": "independent: one seed per member.",
+    "pretrained": "pretrained: members start from one base model trained on the dataset's "
+    "images outside the training set.",
+}
+
 ctx = state.sidebar("Home")
 run = ctx.run
 
@@ -31,27 +38,25 @@ st.markdown(
 
 st.subheader(f"Loaded run: {ctx.label}")
 s = run.summary()
-cols = st.columns(4) + st.columns([1, 1, 2])
-cols[0].metric("Training images N", s["N"])
-cols[1].metric("Members n", s["n"])
-cols[2].metric("Code weight h", s["h"], help="How many members see each image.")
-cols[3].metric("Dataset", s["dataset"])
 c_, h_, w_ = run.image_shape
-cols[4].metric("Image size", f"{h_}×{w_}", help=f"{c_} channel(s)")
-cols[5].metric("Sampling steps", s["steps"])
 replay = run.config.train.replay
-cols[6].metric(
-    "Initialisation",
-    s["init"] + (" + replay" if replay else ""),
-    help="shared: members start from the same weights and random stream. independent: one "
-    "seed per member. pretrained: members start from one base model trained on the "
-    "dataset's images outside the training set. + replay: part of every member batch is "
-    "those held-out images, so members stay general models.",
-)
+# facts and tables as markdown: one element kind the page loads anyway, where metrics and
+# st.table would each make every visitor's browser fetch and compile more JavaScript
+st.markdown(render.table([{
+    "Training images N": s["N"],
+    "Members n": s["n"],
+    "Code weight h": s["h"],
+    "Dataset": s["dataset"],
+    "Image size": f"{h_}×{w_}",
+    "Sampling steps": s["steps"],
+    "Initialisation": s["init"] + (" + replay" if replay else ""),
+}]))
 st.caption(
+    f"h: how many members see each image ({c_} channel(s) per image) · "
     f"{s['train_steps']:,} training steps per member · "
     + (f"{replay:.0%} of each member batch replayed from held-out images · " if replay else "")
-    + f"{s['params_per_member']:,} parameters per member"
+    + f"{s['params_per_member']:,} parameters per member · "
+    + INIT_HELP.get(s["init"], "")
 )
 
 tar = views.tar_finding(run.path)
@@ -61,7 +66,7 @@ if tar is not None:
     show = {"ok": st.success, "partly": st.warning, "weak": st.warning}[tar["level"]]
     show(f"**Is attribution meaningful here? {head}** " + tar["text"])
     paper = tar["paper"]
-    st.table(
+    st.markdown(render.table(
         [{"rule": r["rule"] + (" (this run's default)" if r["rule"] == tar["default_rule"] else ""),
           "TAR": f"{r['tar']:.2f}", "95% interval": f"{r['low']:.2f}–{r['high']:.2f}",
           "x̂ ablation changes the sample": f"{r['candidate']:.0%}",
@@ -69,7 +74,7 @@ if tar is not None:
           "samples that copy a training image": f"{r['copies']:.0%}",
           "paper (MNIST)": "—" if paper is None else f"{paper[1]:.2f} at N = {paper[0]:,}"}
          for r in tar["rows"]],
-    )
+    ))
 
 finding = views.floor_finding(run.path)
 if finding is None and tar is None:

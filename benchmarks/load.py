@@ -139,6 +139,11 @@ class Server:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
+    def cpu_s(self) -> float:
+        """CPU seconds the server has used so far (user + system, its threads together)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -286,6 +291,7 @@ def run_app(label: str, app: Path, env: dict, seeds, log: Path, warm_first: bool
         t0 = time.perf_counter()
         records, first = asyncio.run(drive(server.url, seeds, warm_first))
         result = {
+            "server_cpu_s": server.cpu_s(),
             "app": label,
             "sessions": len(seeds),
             "wall_s": time.perf_counter() - t0,
@@ -331,6 +337,13 @@ def main(argv: list[str] | None = None) -> int:
         help="no warm-up visit: the K sessions meet a server that has not yet "
         "loaded the run (by default one visit of Home comes first, timed apart)",
     )
+    ap.add_argument(
+        "--own",
+        type=int,
+        default=None,
+        help="how many of the K sessions use a seed of their own (default: half); "
+        "the rest use featured seeds",
+    )
     ap.add_argument("--json", type=Path, default=None, help="write every record here")
     a = ap.parse_args(argv)
     if not Path(CHROMIUM).exists():
@@ -343,9 +356,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     first = featured or [0]
+    own = a.sessions // 2 if a.own is None else a.own
+    if not 0 <= own <= a.sessions:
+        raise SystemExit(f"--own must be between 0 and {a.sessions}")
+    # featured and own seeds interleaved, so both kinds start at the same moments
+    kinds = ["own" if (i + 1) * own // a.sessions > i * own // a.sessions else "featured"
+             for i in range(a.sessions)]
     seeds = [
-        (first[i // 2 % len(first)], "featured") if i % 2 == 0 else (OWN_SEED_BASE + i, "own")
-        for i in range(a.sessions)
+        (first[i // 2 % len(first)], "featured") if k == "featured" else (OWN_SEED_BASE + i, "own")
+        for i, k in enumerate(kinds)
     ]
     env = {"TDA_ASSETS": str(a.assets.resolve()), "TDA_RUNS": ""}
     results = []
@@ -357,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
             r = run_app(label, apps[label], env, seeds, tmp / f"{label}.log", not a.cold)
             results.append(r)
             print(
-                f"  {r['wall_s']:.0f} s, errors {len(r['errors'])}, peak {r['peak_rss_mb']:.0f} "
+                f"  {r['wall_s']:.0f} s, server CPU {r['server_cpu_s']:.0f} s, errors {len(r['errors'])}, peak {r['peak_rss_mb']:.0f} "
                 f"MB, first visit {r['first_visit_s']:.1f} s, load/core "
                 f"{r['load_per_core_before']:.2f} before, {r['load_per_core_after']:.2f} after",
                 flush=True,

@@ -31,12 +31,13 @@ st.title("Attribution")
 st.subheader("Is this sample attributable?")
 test = state.candidate(key, seed, rule, CONTROLS)
 near_after = int(test.nearest_after)
-c = st.columns([1, 1, 1, 1, 3])
-render.show(test.sample, f"sample (seed {seed})", 128, c[0])
-render.show(run.images[test.candidate], f"nearest training image x̂ = #{test.candidate}", 128, c[1])
-render.show(test.counterfactual, "sample without x̂", 128, c[2])
-render.show(run.images[near_after], f"its nearest image: #{near_after}", 128, c[3])
-with c[4]:
+c = st.columns([4, 3])
+with c[0]:  # one picture, not four: every image is a request and an element per visitor
+    render.sheet([test.sample, run.images[test.candidate], test.counterfactual,
+                  run.images[near_after]],
+                 [f"sample (seed {seed})", f"nearest training image x̂ = #{test.candidate}",
+                  "sample without x̂", f"its nearest image: #{near_after}"], cols=4, size=128)
+with c[1]:
     verdict = test.verdict
     R = len(test.control_rows)
     flips = int(round(test.flip_rate * R))
@@ -180,11 +181,11 @@ st.subheader(f"Top {k} training images")
 st.caption(render.residual_legend(vmax) + " Same scale for every row.")
 for r, j in enumerate(rows):
     with st.container(border=True):
-        c = st.columns([1, 1, 1, 3], vertical_alignment="center")
-        render.show(run.images[j], "training image", 128, c[0])
-        render.show(cfs[r], "sample without it", 128, c[1])
-        render.show_residual(residuals[r], "residual", 128, vmax, c[2])
-        with c[3]:
+        c = st.columns([1, 1], vertical_alignment="center")
+        with c[0]:
+            render.sheet([run.images[j], cfs[r], views.residual_image(residuals[r], 128, vmax)],
+                         ["training image", "sample without it", "residual"], cols=3, size=128)
+        with c[1]:
             exact_score = att.exact or j in att.verified_rows
             st.markdown(f"**#{r + 1} · training image {j}** · label {int(run.labels[j])}")
             st.markdown(

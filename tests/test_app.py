@@ -78,6 +78,14 @@ def markdown(at: AppTest) -> list[str]:
     return [m.value for m in at.markdown]
 
 
+def facts(at: AppTest) -> dict[str, str]:
+    """Home's run facts: the markdown table whose first column is "Training images N"."""
+    table = next(v for v in markdown(at) if v.startswith("| Training images N |"))
+    head, _, row = table.splitlines()
+    cells = lambda line: [c.strip() for c in line.strip("| ").split(" | ")]  # noqa: E731
+    return dict(zip(cells(head), cells(row), strict=True))
+
+
 def test_no_run_explains_how_to_train_one(tmp_path, monkeypatch):
     monkeypatch.setenv("TDA_RUNS", str(tmp_path / "empty"))
     monkeypatch.setenv("TDA_ASSETS", str(tmp_path / "no-assets"))
@@ -100,11 +108,12 @@ def test_broken_run_is_refused_with_its_reason(tiny_run_copy, tmp_path, monkeypa
 def test_home_summarises_the_run(app_env):
     at = open_app()
     assert at.selectbox(key="run").value == f"{app_env.parent.name}/tiny"
-    m = metrics(at)
+    m = facts(at)
     assert (m["Training images N"], m["Members n"], m["Code weight h"]) == ("16", "6", "3")
     assert (m["Dataset"], m["Sampling steps"], m["Initialisation"]) == ("digits", "10", "shared")
     assert m["Image size"] == "8×8"
-    assert not at.get("plotly_chart") and not at.get("arrow_data_frame")  # light first view
+    # light first view: no plotly, no table or metric widgets (their JavaScript)
+    assert not at.get("plotly_chart") and not at.get("table") and not at.metric
     assert len(at.get("page_link")) == 6 + 4  # the navigation, then "Where to go"
     assert captions(at) == [
         "",  # the code matrix, drawn as a picture
@@ -154,13 +163,14 @@ def test_generate_shows_sample_trajectory_members_and_follows_the_seed(
     assert captions(at)[0] == "full ensemble (seed 3)"
 
 
-CANDIDATE_IMAGES = 4  # sample, x̂, the sample without x̂, its nearest image
+ROW_CAPTIONS = ["training image", "sample without it", "residual"]
 
 
-def _check_candidate_section(at: AppTest) -> None:
-    """The candidate test comes first: four images and one verdict."""
+def _check_candidate_section(at: AppTest, drawn: tuple[list, list[str]]) -> None:
+    """The candidate test comes first: one sheet of four images and one verdict."""
     assert at.subheader[0].value == "Is this sample attributable?"
-    caps = captions(at)[:CANDIDATE_IMAGES]
+    pics, caps = drawn
+    assert len(pics) == 4
     assert caps[0].startswith("sample (seed ") and caps[1].startswith("nearest training image")
     assert caps[2] == "sample without x̂" and caps[3].startswith("its nearest image: #")
     said = [m.value for m in (*at.success, *at.info, *at.warning) if "Removing x̂" in m.value]
@@ -172,15 +182,28 @@ def _floor_warnings(at: AppTest) -> list[str]:
     return [w.value for w in at.warning if "Removing x̂" not in w.value]
 
 
-def _check_attribution_page(at: AppTest, k: int = 8) -> None:
-    """Top-k rows with three images each, a badge per row, warning iff top-1 < p99."""
+def _images_of(at: AppTest) -> np.ndarray:
+    """The training images of the run the page shows."""
+    from ui import state
+
+    return np.asarray(state.explorer(state.run_key(state.discover_runs()[
+        at.selectbox(key="run").value])).run.images)
+
+
+def _check_attribution_page(at: AppTest, sheets: list, k: int = 8) -> None:
+    """The candidate sheet, then top-k rows of one sheet each (training image, the sample
+    without it, residual), a badge per row, a warning iff top-1 < p99."""
     assert not at.exception, at.exception
-    _check_candidate_section(at)
-    assert len(images(at)) == CANDIDATE_IMAGES + 1 + 3 * k
-    caps = captions(at)[CANDIDATE_IMAGES + 1 :]
-    assert caps[0::3] == ["training image"] * k and caps[2::3] == ["residual"] * k
+    drawn = sheets[-(1 + k):]  # the last run's sheets
+    _check_candidate_section(at, drawn[0])
+    assert len(images(at)) == 1 + 1 + k  # candidate sheet, the sample, a sheet per row
+    assert all(caps == ROW_CAPTIONS and len(pics) == 3 for pics, caps in drawn[1:])
     rows = [s for s in markdown(at) if s.startswith("**#")]
     assert len(rows) == k and rows[0].startswith("**#1 · training image ")
+    named = [int(r.split("training image ")[1].split("**")[0]) for r in rows]
+    train = _images_of(at)
+    for (pics, _), j in zip(drawn[1:], named, strict=True):  # the row's own image comes first
+        assert np.array_equal(np.asarray(pics[0]), train[j])
     badges = [s for s in markdown(at) if "-badge[" in s]
     assert len(badges) == k
     ratio = metrics(at)["Top-1 / phantom p99"]
@@ -189,10 +212,10 @@ def _check_attribution_page(at: AppTest, k: int = 8) -> None:
         assert warned == (float(ratio) < 1)
 
 
-def test_attribution_methods_verification_and_comparison(app_env):
+def test_attribution_methods_verification_and_comparison(app_env, sheets):
     at = open_app("attribution")
     assert at.selectbox(key="method").value == "jacobian"
-    _check_attribution_page(at)
+    _check_attribution_page(at, sheets)
     assert all(s.endswith("(approximate)") for s in markdown(at) if s.startswith("score **"))
     badges = [s for s in markdown(at) if "-badge[" in s]
     assert all(
@@ -204,24 +227,24 @@ def test_attribution_methods_verification_and_comparison(app_env):
 
     for method in ("last-step", "individual"):
         at.selectbox(key="method").set_value(method).run()
-        _check_attribution_page(at)
+        _check_attribution_page(at, sheets)
         assert any(f"Method **{method}**" in c.value for c in at.caption)
 
     at.selectbox(key="method").set_value("nearest").run()
-    _check_attribution_page(at)
+    _check_attribution_page(at, sheets)
     assert "no noise floor" in " ".join(markdown(at))
     assert any("pixel similarity" in m.value for m in at.info)
 
     at.selectbox(key="method").set_value("exact").run()
-    assert len(images(at)) == CANDIDATE_IMAGES
+    assert len(images(at)) == 1  # the candidate sheet; scores wait for the button
     assert any("one full chain per training image" in m.value for m in at.info)
     next(b for b in at.button if b.label.startswith("Compute exact")).click().run()
-    _check_attribution_page(at)
+    _check_attribution_page(at, sheets)
     assert "(exact)" in " ".join(markdown(at))
     assert not [b for b in at.button if b.label.startswith("Verify")]
 
     at.selectbox(key="method").set_value("jacobian").run()  # exact is cached: scatter + rho
-    _check_attribution_page(at)
+    _check_attribution_page(at, sheets)
     m = metrics(at)
     assert -1.0 <= float(m["Spearman ρ vs exact"]) <= 1.0
     assert m["Top-8 overlap with exact"].endswith("/8")
@@ -229,13 +252,13 @@ def test_attribution_methods_verification_and_comparison(app_env):
 
     verify = next(b for b in at.button if b.label.startswith("Verify exactly"))
     verify.click().run()
-    _check_attribution_page(at)
+    _check_attribution_page(at, sheets)
     assert "exact for the top 16" in " ".join(c.value for c in at.caption)
     scores = [s for s in markdown(at) if s.startswith("score **")]
     assert all(s.endswith("(exact)") for s in scores)
 
     at.slider(key="topk").set_value(3).run()
-    _check_attribution_page(at, k=3)
+    _check_attribution_page(at, sheets, k=3)
 
 
 def test_ablation_toggles_members_and_removes_images(app_env, tiny_explorer):
@@ -344,24 +367,30 @@ def _with_null(monkeypatch, scale: float, count: int) -> None:
         return dataclasses.replace(att, null_scores=null, pvalues=None)
 
     monkeypatch.setattr(attribution, "attribute", fake)
+    # the fake lives in this process: run the jobs here, not in worker processes
+    from tda.workers import InlinePool
+    from ui import state
+
+    inline = InlinePool(state.explorer)
+    monkeypatch.setattr(state, "_pool", lambda lane: inline)
 
 
-def test_attribution_warns_when_the_top_k_is_member_noise(app_env, monkeypatch):
+def test_attribution_warns_when_the_top_k_is_member_noise(app_env, sheets, monkeypatch):
     _with_null(monkeypatch, scale=10.0, count=200)
     at = open_app("attribution")
     at.number_input(key="seed").set_value(11).run()  # a seed no other test attributes
-    _check_attribution_page(at)
+    _check_attribution_page(at, sheets)
     assert float(metrics(at)["Top-1 / phantom p99"]) < 1
     assert "indistinguishable from member noise" in _floor_warnings(at)[0]
     badges = [s for s in markdown(at) if "-badge[" in s]
     assert all(b.startswith(":gray-badge[within noise (p=1.00)") for b in badges)
 
 
-def test_attribution_marks_images_above_the_noise_floor(app_env, monkeypatch):
+def test_attribution_marks_images_above_the_noise_floor(app_env, sheets, monkeypatch):
     _with_null(monkeypatch, scale=0.01, count=200)
     at = open_app("attribution")
     at.number_input(key="seed").set_value(12).run()
-    _check_attribution_page(at)
+    _check_attribution_page(at, sheets)
     assert not _floor_warnings(at)
     assert any("above the noise floor" in m.value for m in at.success)
     assert metrics(at)["Above phantom p99"] == "16"

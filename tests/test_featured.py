@@ -142,11 +142,11 @@ def test_featured_seeds_open_without_any_computation(featured_run, tmp_path, mon
     monkeypatch.setenv("TDA_ASSETS", str(tmp_path / "no-assets"))
     jobs = JobManager(workers=1, queue=4)
     monkeypatch.setattr(state, "jobs", lambda: jobs)
-    import tda.api
+    from tda.workers import WorkerPool
 
-    chains = []  # every batch of chains a page runs through the Explorer
-    real = tda.api.sample_chains
-    monkeypatch.setattr(tda.api, "sample_chains", lambda *a, **k: chains.append(1) or real(*a, **k))
+    chains = []  # every worker call (op name) a page or job makes
+    real = WorkerPool.call  # every chain a page or job runs goes to a worker process
+    monkeypatch.setattr(WorkerPool, "call", lambda *a, **k: chains.append(a[3]) or real(*a, **k))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
     assert at.number_input(key="seed").value == 0  # the default seed is featured
     assert "Featured seeds, ready at once: 0, 2" in [c.value for c in at.sidebar.caption]

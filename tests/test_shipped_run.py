@@ -63,7 +63,7 @@ def test_home_page_tells_whether_samples_are_attributable(monkeypatch):
     and Home, Generate and Attribution of the default (featured) seed run no chain."""
     from streamlit.testing.v1 import AppTest
 
-    import tda.api
+    from tda.workers import WorkerPool
     from ui.nav import BY_URL
 
     monkeypatch.delenv("TDA_RUNS", raising=False)
@@ -71,8 +71,8 @@ def test_home_page_tells_whether_samples_are_attributable(monkeypatch):
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root)
     chains = []
-    real = tda.api.sample_chains
-    monkeypatch.setattr(tda.api, "sample_chains", lambda *a, **k: chains.append(1) or real(*a, **k))
+    real = WorkerPool.call  # every chain a page or job runs goes to a worker process
+    monkeypatch.setattr(WorkerPool, "call", lambda *a, **k: chains.append(a[3]) or real(*a, **k))
     at = AppTest.from_file(str(root / "app.py"), default_timeout=120).run()
     assert not at.exception
     for page in ("generate", "attribution"):
@@ -84,9 +84,9 @@ def test_home_page_tells_whether_samples_are_attributable(monkeypatch):
     finding = views.tar_finding(DEFAULT)
     assert finding is not None and "Is attribution meaningful here?" in shown
     assert f"TAR = {finding['rows'][0]['tar']:.2f}" in shown
-    metrics = {m.label: m.value for m in at.metric}
     run = load_run(DEFAULT)
-    assert metrics["Training images N"] == str(run.N) and metrics["Members n"] == "16"
+    facts = next(m.value for m in at.markdown if m.value.startswith("| Training images N |"))
+    assert facts.splitlines()[2].startswith(f"| {run.N} | 16 | ")
 
 
 def test_the_default_runs_featured_seeds_are_current_and_equal_a_fresh_computation():

@@ -181,32 +181,24 @@ def test_the_shared_server_config_hides_errors_and_developer_tools():
     assert config["browser"]["gatherUsageStats"] is False
 
 
-def test_page_chains_run_niced_and_one_per_core():
-    """A page's own chains go through one small pool: below the niceness of the threads
-    that serve pages, and never more at once than the machine has cores."""
+def test_chains_run_in_niced_worker_processes_one_per_core(tiny_run_dir):
+    """Pages and jobs run their chains in worker processes (never the server's threads):
+    below the server's niceness, the page lane never more at once than the machine has
+    cores, the job lane at most TDA_JOBS."""
     import os
-    import threading
-    import time
     from concurrent.futures import ThreadPoolExecutor
 
     from ui import state
 
-    here = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    nice = state._computed(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-    assert nice >= max(here, state.PAGE_NICE)
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == here  # not this one
-
-    running, most, lock = [0], [0], threading.Lock()
-
-    def chain():
-        with lock:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-        time.sleep(0.05)
-        with lock:
-            running[0] -= 1
-        return threading.get_native_id()
-
+    here = os.getpriority(os.PRIO_PROCESS, 0)
+    pools = state._pools()
+    key = state.run_key(str(tiny_run_dir))
+    for lane, nice in (("page", state.PAGE_NICE), ("job", state.JOB_NICE)):
+        worker_nice, pid = pools[lane].call(key, None, "niceness")
+        assert pid != os.getpid() and worker_nice >= max(here, nice)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == here  # the server keeps its priority
     with ThreadPoolExecutor(8) as pages:  # eight page runs at once
-        ran_in = set(pages.map(lambda _: state._computed(chain), range(16)))
-    assert most[0] <= (os.cpu_count() or 1) and len(ran_in) <= (os.cpu_count() or 1)
+        ran_in = set(pages.map(lambda _: pools["page"].call(key, None, "niceness")[1], range(16)))
+    cores = os.cpu_count() or 1
+    assert len(ran_in) <= cores and len(pools["page"].pids) <= cores
+    assert len(pools["job"].pids) <= min(limits().jobs, cores)

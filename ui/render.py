@@ -68,6 +68,20 @@ def chart(label: str, make: Callable[[], object], key: str, picture=None) -> Non
         st.image(picture, output_format="PNG")
 
 
+def table(rows: Sequence[dict]) -> str:
+    """Rows of {column: value} (the first row's keys are the columns) as a markdown table:
+    st.markdown draws it, with no table widget for the browser to load."""
+    def cell(v) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    if not rows:
+        return ""
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(map(cell, cols)) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def pvalue_badge(p: float, container=st) -> None:
     """Green above the noise floor, grey within it, nothing for methods without phantoms."""
     if p is None or np.isnan(p):

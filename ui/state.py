@@ -18,13 +18,13 @@ survive page switches (`keep`) and travel in the URL (`ui.urls`).
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import random
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,12 +35,14 @@ import torch
 
 from tda import TdaError
 from tda import sampling as _sampling
-from tda.api import MAX_SEED, Explorer
+from tda.api import MAX_SEED, Counterfactual, Explorer
+from tda.encoding import u0, unseen_rows
 from tda.ensemble import MANIFEST
 from tda.featured import CONTROLS as FEATURED_CONTROLS
 from tda.featured import Entry, Featured, load_featured
 from tda.jobs import QUEUED, Busy, JobManager, Status
 from tda.limits import Limits, limits
+from tda.workers import WorkerPool
 from ui import guard, nav, urls
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -149,7 +151,12 @@ def run_rule(explorer: Explorer) -> str:
 
 @st.cache_resource(show_spinner="Loading the run and checking every file ...", max_entries=4)
 def _loaded(key: str) -> Explorer:
-    return Explorer(key.rsplit("@", 1)[0])
+    ex = Explorer(key.rsplit("@", 1)[0])
+    # torch, the app's modules and the run now live as long as the server: out of the
+    # cyclic collector with them, so that a collection (automatic, or Streamlit's after a
+    # script run) walks only what pages create (0.26 s -> microseconds on assets/default)
+    gc.freeze()
+    return ex
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -207,18 +214,21 @@ def _lower_priority(nice: int) -> None:
 
 
 @st.cache_resource
-def _page_pool() -> ThreadPoolExecutor:
-    """Where pages run their own cheap chains (a sample, a trajectory, one counterfactual):
-    one at a time per core, niced below the threads that serve pages. A class's own seeds
-    then cannot hold the CPU, the memory or the GIL that pages already computed (featured
-    seeds, cached results) need to be served."""
-    return ThreadPoolExecutor(max(1, os.cpu_count() or 1), "tda-page",
-                              initializer=_lower_priority, initargs=(PAGE_NICE,))
+def _pools() -> dict[str, WorkerPool]:
+    """The server's worker processes (`tda.workers`): "page" for a page's own chains (a
+    sample with its trajectory, one counterfactual), one per core at nice 5; "job" for
+    the job manager's computations, one per job worker at nice 10. Chains never run in
+    the server's threads, so a class's own seeds cannot hold the GIL or the CPU that
+    serving ready pages (featured seeds, cached results) needs."""
+    lim = limits()
+    cores = max(1, os.cpu_count() or 1)
+    return {"page": WorkerPool(cores, PAGE_NICE, lim.threads, "tda-page"),
+            "job": WorkerPool(min(lim.jobs, cores), JOB_NICE, lim.threads, "tda-job")}
 
 
-def _computed(fn: Callable[[], Any]) -> Any:
-    """fn() in the page pool; this page run waits for it."""
-    return _page_pool().submit(fn).result()
+def _pool(lane: str):
+    """The worker pool of `lane` ("page" or "job")."""
+    return _pools()[lane]
 
 
 def _show(box, s: Status, text: str) -> None:
@@ -268,11 +278,12 @@ def run_job(job_key: tuple, fn: Callable[[Callable], Any], text: str, priority: 
 
 
 @st.cache_data(show_spinner="Sampling ...", max_entries=64)
-def _ensemble_sample(key: str, seed: int, combine: str) -> tuple[np.ndarray, float]:
-    ex = explorer(key, combine)
+def _sampled(key: str, seed: int, combine: str):
+    """The full ensemble's chain of `seed` in a page worker: (sample, trajectory, mixture
+    log-likelihoods or None, seconds)."""
     t = time.perf_counter()
-    y = _computed(lambda: ex.sample(seed).sample.numpy())
-    return y, time.perf_counter() - t
+    y, traj, loglik = _pool("page").call(key, combine, "sample", seed)
+    return y, traj, loglik, time.perf_counter() - t
 
 
 def ensemble_sample(key: str, seed: int, combine: str) -> tuple[np.ndarray, float]:
@@ -280,15 +291,8 @@ def ensemble_sample(key: str, seed: int, combine: str) -> tuple[np.ndarray, floa
     e = _entry(key, seed, combine)
     if e is not None:
         return e.sample.numpy(), e.seconds("sample")
-    return _ensemble_sample(key, seed, combine)
-
-
-@st.cache_data(show_spinner="Recording the denoising trajectory ...", max_entries=32)
-def _trajectory(key: str, seed: int, combine: str) -> tuple[np.ndarray, np.ndarray, float]:
-    ex = explorer(key, combine)
-    t = time.perf_counter()
-    traj = _computed(lambda: ex.trajectory(seed).numpy())
-    return traj, ex.chain().timesteps.numpy(), time.perf_counter() - t
+    y, _, _, seconds = _sampled(key, seed, combine)
+    return y, seconds
 
 
 def trajectory(key: str, seed: int, combine: str) -> tuple[np.ndarray, np.ndarray, float]:
@@ -297,13 +301,8 @@ def trajectory(key: str, seed: int, combine: str) -> tuple[np.ndarray, np.ndarra
     if e is not None:
         t = e.tensors
         return t["trajectory"].numpy(), t["timesteps"].numpy(), e.seconds("sample")
-    return _trajectory(key, seed, combine)
-
-
-@st.cache_data(show_spinner="Recording the mixture weights ...", max_entries=32)
-def _mixture_loglik(key: str, seed: int) -> np.ndarray:
-    ex = explorer(key, "mixture")
-    return _computed(lambda: ex.sample(seed).mixture_loglik.numpy())
+    _, traj, _, seconds = _sampled(key, seed, combine)
+    return traj, explorer(key, combine).chain().timesteps.numpy(), seconds
 
 
 def mixture_loglik(key: str, seed: int) -> np.ndarray:
@@ -312,7 +311,7 @@ def mixture_loglik(key: str, seed: int) -> np.ndarray:
     e = _entry(key, seed, "mixture")
     if e is not None and e.mixture_loglik is not None:
         return e.mixture_loglik.numpy()
-    return _mixture_loglik(key, seed)
+    return _sampled(key, seed, "mixture")[2]
 
 
 def member_samples(key: str, seed: int, combine: str) -> tuple[np.ndarray, float]:
@@ -320,11 +319,11 @@ def member_samples(key: str, seed: int, combine: str) -> tuple[np.ndarray, float
     e = _entry(key, seed, combine)
     if e is not None:
         return e.tensors["members"].numpy(), e.seconds("members")
-    ex = explorer(key, combine)
+    n = explorer(key, combine).n
 
     def work(progress):
         t = time.perf_counter()
-        y = ex.y(torch.eye(ex.n), seed, progress=progress).numpy()
+        y = _pool("job").call(key, combine, "y", torch.eye(n), seed, progress=progress)
         return y, time.perf_counter() - t
 
     return run_job(("members", key, seed, combine), work, "Sampling every member alone ...", -1)
@@ -333,9 +332,12 @@ def member_samples(key: str, seed: int, combine: str) -> tuple[np.ndarray, float
 @st.cache_data(show_spinner="Running the counterfactual chain ...", max_entries=256)
 def _counterfactual(key: str, seed: int, active: tuple[bool, ...], combine: str):
     ex = explorer(key, combine)
+    w = ex.weights_for(active=list(active))
     t = time.perf_counter()
-    cf = _computed(lambda: ex.counterfactual(seed, active=list(active)))
-    return cf, time.perf_counter() - t
+    base = torch.as_tensor(ensemble_sample(key, seed, combine)[0])
+    y = base.clone() if torch.equal(w, u0(ex.n)) else torch.from_numpy(
+        _pool("page").call(key, combine, "y", w, seed)[0])
+    return Counterfactual(base, y, w, unseen_rows(ex.run.codes, w)), time.perf_counter() - t
 
 
 def counterfactual(key: str, seed: int, active: tuple[bool, ...], combine: str):
@@ -353,12 +355,10 @@ def attribution(key: str, seed: int, method: str, combine: str):
     att = cached_attribution(key, seed, method, combine)
     if att is not None:
         return att
-    from tda.attribution import attribute
-
-    ex = explorer(key, combine)
     return run_job(
         ("attribution", key, seed, method, combine),
-        lambda progress: attribute(ex, seed, method, progress=progress),
+        lambda progress: _pool("job").call(key, combine, "attribution", seed, method,
+                                           progress=progress),
         f"Scoring every training image with {method} ...",
         priority=1 if method == "exact" else 0,
     )
@@ -379,25 +379,21 @@ def candidate(key: str, seed: int, combine: str, controls: int):
     e = _entry(key, seed, combine)
     if e is not None and controls == FEATURED_CONTROLS:
         return e.candidate()
-    from tda.candidate import candidate_test
-
-    ex = explorer(key, combine)
     return run_job(
         ("candidate", key, seed, combine, controls),
-        lambda progress: candidate_test(ex, seed, controls=controls, chain_progress=progress),
+        lambda progress: _pool("job").call(key, combine, "candidate", seed, controls,
+                                           progress=progress),
         "Ablating the nearest training image and random ones ...",
     )
 
 
 def verified(key: str, seed: int, method: str, m: int, combine: str):
     """The attribution with its top m rescored by exact chains."""
-    from tda.attribution import verify_topk
-
     base = attribution(key, seed, method, combine)
-    ex = explorer(key, combine)
     return run_job(
         ("verified", key, seed, method, m, combine),
-        lambda progress: verify_topk(ex, base, m=m, progress=progress),
+        lambda progress: _pool("job").call(key, combine, "verified", base, m,
+                                           progress=progress),
         f"Exact chains for the top {m} and the phantoms ...",
     )
 
