@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -122,6 +123,8 @@ class Server:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
+        self.tree_peak_mb = 0.0
+        threading.Thread(target=self._watch_memory, daemon=True).start()
         deadline = time.time() + 120
         while True:
             try:
@@ -138,6 +141,34 @@ class Server:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
+
+    def _tree(self) -> list[int]:
+        """The server and every process below it (its worker processes, their forkserver)."""
+        out, todo = [], [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            for task in Path(f"/proc/{pid}/task").glob("*/children"):
+                try:
+                    todo += [int(c) for c in task.read_text().split()]
+                except OSError:
+                    pass
+        return out
+
+    def _watch_memory(self) -> None:
+        """Peak of the summed PSS (shared pages split among the processes that share
+        them) of the server and its worker processes, sampled every second."""
+        while self.proc.poll() is None:
+            total = 0
+            for pid in self._tree():
+                try:
+                    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                        if line.startswith("Pss:"):
+                            total += int(line.split()[1])
+                except OSError:
+                    pass
+            self.tree_peak_mb = max(self.tree_peak_mb, total / 1024)
+            time.sleep(1.0)
 
     def cpu_s(self) -> float:
         """CPU seconds the server has used so far (user + system, its threads together)."""
@@ -299,6 +330,8 @@ def run_app(label: str, app: Path, env: dict, seeds, log: Path, warm_first: bool
             "load_per_core_before": load_before,
             "load_per_core_after": cpu_busy(),
             "peak_rss_mb": server.peak_mb(),
+            "tree_peak_pss_mb": server.tree_peak_mb,
+            "processes": len(server._tree()),
             **summary(records),
             "records": records,
         }
@@ -377,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(r)
             print(
                 f"  {r['wall_s']:.0f} s, server CPU {r['server_cpu_s']:.0f} s, errors {len(r['errors'])}, peak {r['peak_rss_mb']:.0f} "
-                f"MB, first visit {r['first_visit_s']:.1f} s, load/core "
+                f"MB (with its worker processes: {r['tree_peak_pss_mb']:.0f} MB PSS), first visit {r['first_visit_s']:.1f} s, load/core "
                 f"{r['load_per_core_before']:.2f} before, {r['load_per_core_after']:.2f} after",
                 flush=True,
             )

@@ -21,12 +21,15 @@ once through Ray's object store and unpacked into a cache folder on each node.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing as mp
 import os
 import queue as queue_lib
 import shutil
+import sys
 import tempfile
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable
@@ -155,7 +158,8 @@ class LocalExecutor(Executor):
                     job = todo.popleft()
                     p = ctx.Process(target=_local_main, daemon=True,
                                     args=(job.fn, job.key, job.threads, inbox, job.args))
-                    p.start()
+                    with not_rerunning_main():
+                        p.start()
                     running[job.key] = (job, p)
                 ended = [k for k, (_, p) in running.items() if not p.is_alive()]
                 _drain(inbox, results, errors, on_report)  # an ended job's last words are in
@@ -215,6 +219,42 @@ def _relay(key: Hashable, on_report: OnReport | None) -> Callable[[Any], None]:
     if on_report is None:
         return lambda msg: None
     return lambda msg: on_report(key, msg)
+
+
+_STARTING = threading.Lock()
+
+
+@contextlib.contextmanager
+def not_rerunning_main():
+    """Start processes in this block without re-running a borrowed __main__ in them.
+
+    multiprocessing runs the parent's main module again in a spawned child. Streamlit
+    (its server, and AppTest in tests) puts the page script it ran last there, and a
+    child that re-runs a page fails before its job starts (exit code 1). The main module
+    is kept where it is the program this interpreter started (`python script.py`, whose
+    module-level job functions a child must import) and dropped otherwise.
+    """
+    from multiprocessing import spawn
+
+    real = spawn.get_preparation_data
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is not None and sys.argv and os.path.abspath(path) == os.path.abspath(sys.argv[0]):
+        yield
+        return
+
+    def prepared(name):
+        data = real(name)
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+        return data
+
+    with _STARTING:
+        spawn.get_preparation_data = prepared
+        try:
+            yield
+        finally:
+            spawn.get_preparation_data = real
 
 
 def _follow(done: Done | None, job: Job, result: Any) -> list[Job]:

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import TdaError
+from .executor import not_rerunning_main
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,13 @@ def _verified(ex, progress, base, m: int):
     return verify_topk(ex, base, m=m, progress=progress)
 
 
+def _evaluate(ex, progress, out: str, sizes, classifier_dir: str):
+    from .evaluate import evaluate
+
+    return evaluate(ex, out, sizes, classifier_dir=classifier_dir,
+                    progress=lambda what, done, total: progress(done, total, f"{what}:"))
+
+
 def _niceness(ex, progress):
     return os.getpriority(os.PRIO_PROCESS, 0), os.getpid()
 
@@ -79,6 +87,7 @@ OPS: dict[str, Callable[..., Any]] = {
     "attribution": _attribution,
     "candidate": _candidate,
     "verified": _verified,
+    "evaluate": _evaluate,  # a report into the folder `out` (tda.evaluate); its dict
     "niceness": _niceness,  # (this process's niceness, its pid): for checks
 }
 
@@ -133,38 +142,12 @@ def _serve(conn, nice: int, threads: int) -> None:
             conn.send(("error", isinstance(e, TdaError), f"{type(e).__name__}: {e}"))
 
 
-_STARTING = threading.Lock()
-
-
-@contextlib.contextmanager
-def _without_main():
-    """Start a process without re-running this process's __main__ in it. multiprocessing
-    runs the parent's main module again in a child; in a Streamlit server that module is
-    whichever page script ran last."""
-    from multiprocessing import spawn
-
-    real = spawn.get_preparation_data
-
-    def prepared(name):
-        data = real(name)
-        data.pop("init_main_from_path", None)
-        data.pop("init_main_from_name", None)
-        return data
-
-    with _STARTING:
-        spawn.get_preparation_data = prepared
-        try:
-            yield
-        finally:
-            spawn.get_preparation_data = real
-
-
 class _Worker:
     def __init__(self, ctx, nice: int, threads: int, name: str):
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_serve, args=(child, nice, threads), name=name,
                                 daemon=True)
-        with _without_main():
+        with not_rerunning_main():
             self.proc.start()
         child.close()
 

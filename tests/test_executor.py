@@ -91,6 +91,23 @@ def test_local_jobs_run_here_in_order_and_pass_on_errors():
         LocalExecutor(2).run([Job(7, _fail, (7,))])
 
 
+def test_local_processes_do_not_rerun_a_page_script_that_streamlit_left_as_main(
+        tmp_path, monkeypatch):
+    """Streamlit (and AppTest) leaves the page script it ran last as __main__; a spawned
+    job must not run it again (it did: every job failed with exit code 1)."""
+    import types
+
+    page = tmp_path / "page.py"
+    page.write_text("raise SystemExit('a page script ran in a job process')\n")
+    fake = types.ModuleType("__main__")
+    fake.__file__ = str(page)
+    monkeypatch.setitem(sys.modules, "__main__", fake)
+    seen = []
+    LocalExecutor(2).run([Job(k, _echo, (k,)) for k in range(2)],
+                         lambda job, r: seen.append(r))
+    assert sorted(seen) == [0, 1]
+
+
 def _echo(x, report):
     report(x)
     return x

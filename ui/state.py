@@ -7,22 +7,22 @@ members). Everything is keyed by the run's key (path and manifest time), the see
 rule and the method, and looked up first in the run's featured results
 (`tda.featured`, precomputed for a few seeds so that a class's first views are instant).
 Cheap work (a sample, its trajectory, one counterfactual chain) is cached in
-`st.cache_data` and computed in the page's own run. Expensive work (member samples,
-attribution sweeps, verification, the candidate test, live evaluation) goes through the
-server's one job manager (`tda.jobs`, sized by `tda.limits`): one computation per
-question whoever asks, a bounded pool and queue, the waiting page showing its place or
-progress, and cancellation when nobody waits any more. The chosen run, seed and rule
+`st.cache_data`; the page waits for it. Expensive work (member samples, attribution
+sweeps, verification, the candidate test, live evaluation) goes through the server's
+one job manager (`tda.jobs`, sized by `tda.limits`): one computation per question
+whoever asks, a bounded pool and queue, the waiting page showing its place or progress,
+and cancellation when nobody waits any more. Every chain runs in a niced worker process
+(`tda.workers`; a "page" lane and a "job" lane), never in the server's threads, which
+keep the GIL and the CPU for serving pages. The chosen run, seed and rule
 survive page switches (`keep`) and travel in the URL (`ui.urls`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import random
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -204,15 +204,6 @@ def jobs() -> JobManager:
     return JobManager(min(lim.jobs, os.cpu_count() or 1), lim.queue, keep=RESULTS_KEPT)
 
 
-def _lower_priority(nice: int) -> None:
-    """This thread: torch's thread count of `Limits.threads` and at least the niceness
-    `nice` (never more priority than it had)."""
-    torch.set_num_threads(limits().threads)  # per thread: a new worker thread has its own
-    tid = threading.get_native_id()
-    with contextlib.suppress(OSError):  # Linux: a thread's own niceness
-        os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid)))
-
-
 @st.cache_resource
 def _pools() -> dict[str, WorkerPool]:
     """The server's worker processes (`tda.workers`): "page" for a page's own chains (a
@@ -253,12 +244,8 @@ def run_job(job_key: tuple, fn: Callable[[Callable], Any], text: str, priority: 
     a job nobody waits for is cancelled. `fn` runs in a worker thread: it must not call
     Streamlit.
     """
-    def work(progress):
-        _lower_priority(JOB_NICE)
-        return fn(progress)
-
     try:
-        ticket = jobs().submit(job_key, work, priority=priority, text=text)
+        ticket = jobs().submit(job_key, fn, priority=priority, text=text)
     except Busy:
         st.warning(
             "The server is busy: every worker is taken and the queue is full. Try again "
@@ -401,21 +388,14 @@ def verified(key: str, seed: int, method: str, m: int, combine: str):
 def live_evaluation(key: str, combine: str, sizes) -> dict:
     """A small evaluation report (tda.evaluate) in a temporary folder, as a queued job;
     the run's own classifier is used if it has one, and its saved report is not touched."""
-    from tda.evaluate import evaluate
     from tda.metrics import CLASSIFIER_DIR
-
-    ex = explorer(key, combine)
 
     def work(progress):
         tmp = Path(tempfile.mkdtemp(prefix="tda-diagnostics-"))
-        own = Path(ex.run.path) / CLASSIFIER_DIR
-        return evaluate(
-            ex,
-            tmp / "report",
-            sizes,
-            classifier_dir=own if own.is_dir() else tmp / CLASSIFIER_DIR,
-            progress=lambda what, done, total: progress(done, total, f"{what}:"),
-        )
+        own = Path(key.rsplit("@", 1)[0]) / CLASSIFIER_DIR
+        classifier = own if own.is_dir() else tmp / CLASSIFIER_DIR
+        return _pool("job").call(key, combine, "evaluate", str(tmp / "report"), sizes,
+                                 str(classifier), progress=progress)
 
     return run_job(("live", key, combine, repr(sizes)), work, "Evaluating ...", priority=2)
 
@@ -424,7 +404,7 @@ def live_evaluation(key: str, combine: str, sizes) -> dict:
 def _counterfactuals(key, seed, method, verified_m, rows, exact, combine, _att) -> np.ndarray:
     from tda.attribution import counterfactuals_for
 
-    # not in the page pool: mostly a matrix product (or stored residuals) that must not
+    # not in a worker lane: mostly a matrix product (or stored residuals) that must not
     # queue behind other sessions' chains; the rare exact chains run here
     return counterfactuals_for(explorer(key, combine), _att, list(rows), exact=exact).numpy()
 
