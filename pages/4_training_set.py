@@ -30,7 +30,7 @@ def neighbours(query: np.ndarray, skip: int | None = None, caption: str | None =
     captions = [f"#{j} · {int(run.labels[j])} · L2 {dist:.2f}" for j, dist in pairs]
     if caption is not None:
         images, captions = [query, *images], [caption, *captions]
-    render.gallery(images, captions, cols=len(images), size=96)
+    render.sheet(images, captions, cols=len(images), size=96)
 
 
 st.title("Training set")

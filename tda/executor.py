@@ -229,17 +229,16 @@ def not_rerunning_main():
     """Start processes in this block without re-running a borrowed __main__ in them.
 
     multiprocessing runs the parent's main module again in a spawned child. Streamlit
-    (its server, and AppTest in tests) puts the page script it ran last there, and a
-    child that re-runs a page fails before its job starts (exit code 1). The main module
-    is kept where it is the program this interpreter started (`python script.py`, whose
-    module-level job functions a child must import) and dropped otherwise.
+    (its server, and AppTest in tests) puts the page script it ran last there, as a
+    module it made itself, and a child that re-runs a page fails before its job starts
+    (exit code 1). A main module that Python's import system loaded (`python script.py`,
+    whose module-level job functions a child must import) is kept; one without a loader
+    is dropped. (Streamlit also sets sys.argv[0] to the script, so that tells nothing.)
     """
     from multiprocessing import spawn
 
     real = spawn.get_preparation_data
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if path is not None and sys.argv and os.path.abspath(path) == os.path.abspath(sys.argv[0]):
+    if getattr(sys.modules.get("__main__"), "__loader__", None) is not None:
         yield
         return
 

@@ -145,8 +145,10 @@ def test_generate_shows_sample_trajectory_members_and_follows_the_seed(
     assert member_caps == [f"m{i}, saw {seen[i]}" for i in range(6)]
     want = tiny_explorer.member_samples(0)
     assert all(np.allclose(m, w, atol=1e-6) for m, w in zip(members, want, strict=True))
-    assert {"Ensemble sample", "Trajectory", "All 6 members alone"} <= set(metrics(at))
-    assert all(v.endswith(" s") for v in metrics(at).values())
+    timing = next(v for v in markdown(at) if v.startswith("| computed | seconds |"))
+    rows = [line.split(" | ") for line in timing.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["| Ensemble sample", "| Trajectory", "| All 6 members alone"]
+    assert all(r[1].endswith(" s |") for r in rows) and not at.metric
     assert at.subheader[0].value == "Sample of seed 0"
     first = images(at)[0].url
 
@@ -308,25 +310,30 @@ def test_training_set_browse_pick_and_search(app_env, tiny_explorer, sheets):
     at = open_app("training_set")
     caps = captions(at)
     assert caps[0] == "#index: label"  # the page of the training set, one sheet
-    shown, shown_caps = sheets[-1]
+    shown, shown_caps = sheets[-3]  # then the sheets of neighbours
     assert shown_caps == [f"#{j}: {int(run.labels[j])}" for j in range(16)]
     assert all(np.array_equal(im, run.images[j]) for j, im in enumerate(shown))
 
     at.selectbox(key="browse_label").set_value(3).run()
-    assert sheets[-1][1] == ["#6: 3", "#7: 3"]
+    assert sheets[-3][1] == ["#6: 3", "#7: 3"]  # then the two sheets of neighbours
     assert captions(at)[:2] == ["#index: label", "#0 · label 0"]  # then the picked image
 
     at.number_input(key="picked").set_value(5).run()
     code = views.bits(run.codes[5])
     assert any(s.startswith(f"Code `{code}`") for s in markdown(at))
-    picked = captions(at).index(f"#5 · label {int(run.labels[5])}")
-    neigh = captions(at)[picked + 1 : picked + 7]
+    assert f"#5 · label {int(run.labels[5])}" in captions(at)
+    _, (neigh_images, neigh), (query_images, query) = sheets[-3:]  # browse, neighbours, sample's
     assert len(neigh) == 6 and not any(c.startswith("#5 ") for c in neigh)
     assert all(" · L2 " in c for c in neigh)
+    # each neighbour is the training image its caption names
+    for im, c in zip(neigh_images, neigh, strict=True):
+        assert np.array_equal(im, run.images[int(c.split(" · ")[0][1:])])
 
     # the current sample's neighbours (memorisation check): 6 more after the sample itself
-    s = captions(at).index("seed 0 (query)")
-    assert all(" · L2 " in c for c in captions(at)[s + 1 : s + 7])
+    assert query[0] == "seed 0 (query)" and len(query) == 7
+    assert all(" · L2 " in c for c in query[1:])
+    np.testing.assert_allclose(query_images[0], tiny_explorer.sample(0).sample.numpy(),
+                               atol=1e-5)
 
     # an image of the training set, uploaded, finds itself at distance 0
     at.file_uploader(key="upload").set_value(
@@ -334,14 +341,16 @@ def test_training_set_browse_pick_and_search(app_env, tiny_explorer, sheets):
     )
     at.run()
     assert not at.error
-    u = captions(at).index("your image, converted")
-    assert captions(at)[u + 1] == f"#12 · {int(run.labels[12])} · L2 0.00"
+    upload = sheets[-1][1]
+    assert upload[0] == "your image, converted"
+    assert upload[1] == f"#12 · {int(run.labels[12])} · L2 0.00"
 
     at.file_uploader(key="upload").set_value(("notes.png", b"not an image at all", "image/png"))
+    before = len(sheets)
     at.run()
     assert not at.exception
     assert "Could not read notes.png" in at.error[0].value
-    assert "your image, converted" not in captions(at)
+    assert len(sheets) == before + 3  # browse, neighbours, the sample's: no upload's
 
 
 def test_training_set_shows_influence_once_attributed(app_env):
@@ -588,7 +597,7 @@ def _with_header_size(data: bytes, width: int, height: int) -> bytes:
     return data[:8] + bytes(ihdr) + data[33:]
 
 
-def test_uploads_refuse_bombs_and_truncated_files(app_env, tiny_explorer):
+def test_uploads_refuse_bombs_and_truncated_files(app_env, tiny_explorer, sheets):
     at = open_app("training_set")
     image = _png(tiny_explorer.run.images[3], size=64)
     bomb = _with_header_size(image, 60_000, 60_000)  # 3.6e9 pixels in a 300-byte file
@@ -598,4 +607,4 @@ def test_uploads_refuse_bombs_and_truncated_files(app_env, tiny_explorer):
     at.file_uploader(key="upload").set_value(("cut.png", image[: len(image) // 2], "image/png"))
     at.run()
     assert not at.exception and "truncated" in at.error[0].value
-    assert "your image, converted" not in captions(at)
+    assert all("your image, converted" not in caps for _, caps in sheets)
