@@ -96,3 +96,67 @@ def test_callers_wait_for_a_free_worker(pool, key):
     for t in threads:
         t.join(60)
     assert not errors and len(pids) == 6 and len(set(pids)) == 1  # one process, in turn
+
+
+def _until(condition, seconds: float = 60) -> None:
+    import time
+
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _held_job(pool, key, release: threading.Event, out: list):
+    """A job call that holds its process until `release` (its caller waits in progress)."""
+    def progress(done, total, text=None):
+        release.wait(60)
+
+    def run():
+        out.append(pool.call(key, None, "y", torch.eye(6)[:1], 9, lane="job",
+                             progress=progress))
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def test_jobs_leave_a_process_to_pages_and_pages_go_first(key):
+    two = WorkerPool(2, name="tda-test-lanes")
+    release, held, order = threading.Event(), [], []
+    try:
+        first = _held_job(two, key, release, held)
+        _until(lambda: two._busy["job"] == 1)
+        second = threading.Thread(target=lambda: order.append(
+            ("job", two.call(key, None, "niceness", lane="job"))))
+        second.start()
+        _until(lambda: two._waiting["job"] == 1)
+        # a page is served at once by the process the jobs must leave free ...
+        order.append(("page", two.call(key, None, "niceness", lane="page")))
+        assert second.is_alive() and [o[0] for o in order] == ["page"]  # ... the job waits
+        release.set()
+        first.join(60)
+        second.join(60)
+        assert held and [o[0] for o in order] == ["page", "job"]
+    finally:
+        release.set()
+        two.close()
+
+    one = WorkerPool(1, name="tda-test-order")
+    release, held, order = threading.Event(), [], []
+    try:
+        first = _held_job(one, key, release, held)
+        _until(lambda: one._busy["job"] == 1)
+        waiting = [threading.Thread(target=lambda lane=lane: order.append(
+            (lane, one.call(key, None, "niceness", lane=lane)))) for lane in ("job", "page")]
+        waiting[0].start()
+        _until(lambda: one._waiting["job"] == 1)
+        waiting[1].start()
+        _until(lambda: one._waiting["page"] == 1)
+        release.set()  # the job asked first, but the page goes first
+        for t in (first, *waiting):
+            t.join(60)
+        assert [o[0] for o in order] == ["page", "job"]
+    finally:
+        release.set()
+        one.close()

@@ -66,8 +66,7 @@ or point the explorer at a folder that holds runs: `TDA_RUNS=/path/to/runs strea
 A run is any folder with an `ensemble.json` in it."""
 POLL_S = 0.5  # a waiting page refreshes its place in the queue or progress this often
 RESULTS_KEPT = 256  # finished expensive results kept for everyone (least recently used go)
-JOB_NICE = 10  # jobs yield the CPU to page runs, so that cheap views stay responsive
-PAGE_NICE = 5  # a page's own chains yield to serving ready pages, but not to queued jobs
+WORKER_NICE = 10  # chains in worker processes yield the CPU to serving pages
 
 
 def assets_dir() -> Path:
@@ -205,21 +204,30 @@ def jobs() -> JobManager:
 
 
 @st.cache_resource
-def _pools() -> dict[str, WorkerPool]:
-    """The server's worker processes (`tda.workers`): "page" for a page's own chains (a
-    sample with its trajectory, one counterfactual), one per core at nice 5; "job" for
-    the job manager's computations, one per job worker at nice 10. Chains never run in
-    the server's threads, so a class's own seeds cannot hold the GIL or the CPU that
-    serving ready pages (featured seeds, cached results) needs."""
+def _workers() -> WorkerPool:
+    """The server's worker processes (`tda.workers`), one more than the jobs that may run
+    at once (`Limits.jobs`, at most the cores), at nice 10: a page's own chains (a sample
+    with its trajectory, one counterfactual) take any free one before queued job calls,
+    and jobs always leave one to pages. Chains never run in the server's threads, so a
+    class's own seeds cannot hold the GIL or the CPU that serving ready pages (featured
+    seeds, cached results) needs. One pool, not one per lane: each process holds torch,
+    diffusers and a run (about 100 MB of its own beside what the forkserver shares)."""
     lim = limits()
-    cores = max(1, os.cpu_count() or 1)
-    return {"page": WorkerPool(cores, PAGE_NICE, lim.threads, "tda-page"),
-            "job": WorkerPool(min(lim.jobs, cores), JOB_NICE, lim.threads, "tda-job")}
+    jobs = max(1, min(lim.jobs, os.cpu_count() or 1))
+    return WorkerPool(jobs + 1, WORKER_NICE, lim.threads, "tda-worker")
+
+
+class _Lane:
+    def __init__(self, lane: str):
+        self.lane = lane
+
+    def call(self, *args, **kw):
+        return _workers().call(*args, lane=self.lane, **kw)
 
 
 def _pool(lane: str):
-    """The worker pool of `lane` ("page" or "job")."""
-    return _pools()[lane]
+    """Calls into the worker processes in `lane` ("page" or "job")."""
+    return _Lane(lane)
 
 
 def _show(box, s: Status, text: str) -> None:
