@@ -35,8 +35,10 @@ c = st.columns([4, 3])
 with c[0]:  # one picture, not four: every image is a request and an element per visitor
     render.sheet([test.sample, run.images[test.candidate], test.counterfactual,
                   run.images[near_after]],
-                 [f"sample (seed {seed})", f"nearest training image x̂ = #{test.candidate}",
-                  "sample without x̂", f"its nearest image: #{near_after}"], cols=4, size=128)
+                 # short captions (the font has no x̂): the sheet keeps its natural size
+                 [f"sample (seed {seed})", f"candidate: #{test.candidate}",
+                  f"without #{test.candidate}", f"its nearest: #{near_after}"], cols=4,
+                 size=128)
 with c[1]:
     verdict = test.verdict
     R = len(test.control_rows)
@@ -108,25 +110,18 @@ p_top = float(att.pvalues[att.order[0]])
 left, right = st.columns([1, 4])
 render.show(att.sample, f"sample of seed {seed}", 192, container=left)
 with right:
-    mc = st.columns(4)
-    mc[0].metric(
-        "Top-1 / phantom p99",
-        "n/a" if np.isnan(ratio) else f"{ratio:.2f}",
-        help="Highest real score over the 99th percentile of phantom scores.",
-    )
-    mc[1].metric(
-        "Above phantom p99",
-        a["n_above"],
-        help="Training images that score above the phantoms' 99th percentile.",
-    )
-    mc[2].metric(
-        "Chance expects",
-        "n/a" if np.isnan(a["expected_above"]) else f"{a['expected_above']:.1f}",
-        help="1% of the training images land above the p99 by chance alone.",
-    )
-    mc[3].metric("Time", f"{att.seconds:.2f} s")
+    # figures as a markdown table: no metric widget JavaScript for every visitor to load
+    st.markdown(render.table([{
+        "Top-1 / phantom p99": "n/a" if np.isnan(ratio) else f"{ratio:.2f}",
+        "Above phantom p99": a["n_above"],
+        "Chance expects": "n/a" if np.isnan(a["expected_above"]) else
+        f"{a['expected_above']:.1f}",
+        "Time": f"{att.seconds:.2f} s",
+    }]))
     scored = "exact" if att.exact else f"exact for the top {m}" if verified_m else "approximate"
-    st.caption(f"Method **{att.method}** · scores {scored} · {P} phantom codes")
+    st.caption(f"Method **{att.method}** · scores {scored} · {P} phantom codes. Top-1 / "
+               "phantom p99: the highest real score over the 99th percentile of phantom "
+               "scores; above it by chance alone: 1% of the training images.")
     if np.isnan(ratio):
         st.info(
             "Nearest neighbours measure pixel similarity, not influence: there is no "
@@ -216,9 +211,8 @@ with s:
             exact.scores, base.scores, "exact score", f"{method} score",
             f"{method} vs exact (Spearman ρ = {rho:.2f})", highlight=base.order[:k],
         ), "scatter")
-        sc = st.columns(2)
-        sc[0].metric("Spearman ρ vs exact", f"{rho:.2f}")
-        sc[1].metric(f"Top-{k} overlap with exact", f"{top}/{k}")
+        st.markdown(render.table([{"Spearman ρ vs exact": f"{rho:.2f}",
+                                   f"Top-{k} overlap with exact": f"{top}/{k}"}]))
     elif method != "exact":
         st.caption("How does this approximation rank against the exact scores for this seed?")
         if st.button("Compute exact scores to compare", icon=":material/compare_arrows:"):

@@ -28,6 +28,7 @@ import logging
 import multiprocessing as mp
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +40,31 @@ log = logging.getLogger(__name__)
 
 EXPLORERS_KEPT = 4  # runs (with a rule) a worker process keeps loaded
 _CANCEL = "cancel"
+
+
+def _libc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def fewer_malloc_arenas(arenas: int = 2) -> bool:
+    """glibc: at most `arenas` malloc arenas from now on (it makes up to 8 per core, one
+    per busy thread, each keeping its own freed memory; a Streamlit server runs a thread
+    per session). False where this is not glibc."""
+    libc = _libc()
+    return bool(libc is not None and hasattr(libc, "mallopt") and libc.mallopt(-8, arenas))
+
+
+def give_back_freed_memory() -> None:
+    """glibc: hand the heap's freed pages back to the system (malloc keeps them)."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 # -- what a worker process can be asked (each: (explorer, progress, *args) -> picklable) --
@@ -118,6 +144,7 @@ def _serve(conn, nice: int, threads: int) -> None:
     import torch
 
     gc.freeze()  # what the forkserver imported stays shared: the collector never touches it
+    fewer_malloc_arenas()
 
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))
@@ -139,8 +166,12 @@ def _serve(conn, nice: int, threads: int) -> None:
             continue
         key, combine, op, args = msg
         try:
-            value = OPS[op](_explorer(explorers, key, combine), progress, *args)
-            conn.send(("done", value))
+            ex = _explorer(explorers, key, combine)
+            t = time.perf_counter()
+            value = OPS[op](ex, progress, *args)
+            conn.send(("done", value, time.perf_counter() - t))
+            del value
+            give_back_freed_memory()  # a sweep's chunks are freed: not kept till the next
         except _Stop:
             conn.send(("stopped",))
         except Exception as e:  # noqa: BLE001 - every failure goes back to the caller
@@ -173,7 +204,7 @@ class _Worker:
             if stop is not None:
                 raise stop
             if msg[0] == "done":
-                return msg[1]
+                return msg[1], msg[2]
             if msg[0] == "error":
                 raise TdaError(msg[2]) if msg[1] else RuntimeError(msg[2])
             raise RuntimeError(f"worker answered {msg[0]!r} unasked")
@@ -262,6 +293,12 @@ class WorkerPool:
              progress: Callable[..., None] | None = None) -> Any:
         """OPS[op](explorer of run `key` under rule `combine`, progress, *args) in a free
         worker process of `lane`."""
+        return self.timed(key, combine, op, *args, lane=lane, progress=progress)[0]
+
+    def timed(self, key: str, combine: str | None, op: str, *args, lane: str = "page",
+              progress: Callable[..., None] | None = None) -> tuple[Any, float]:
+        """`call`, and the seconds the operation itself took in its process (no waiting
+        for a process, starting one or loading the run)."""
         if op not in OPS:
             raise TdaError(f"unknown worker operation {op!r}")
         if lane not in LANES:
@@ -295,9 +332,15 @@ class InlinePool:
 
     def call(self, key: str, combine: str | None, op: str, *args, lane: str = "page",
              progress: Callable[..., None] | None = None) -> Any:
+        return self.timed(key, combine, op, *args, lane=lane, progress=progress)[0]
+
+    def timed(self, key: str, combine: str | None, op: str, *args, lane: str = "page",
+              progress: Callable[..., None] | None = None) -> tuple[Any, float]:
         if op not in OPS:
             raise TdaError(f"unknown worker operation {op!r}")
-        return OPS[op](self._explorer_of(key, combine), progress, *args)
+        ex = self._explorer_of(key, combine)
+        t = time.perf_counter()
+        return OPS[op](ex, progress, *args), time.perf_counter() - t
 
     def close(self) -> None:
         pass

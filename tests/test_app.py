@@ -71,7 +71,16 @@ def captions(at: AppTest) -> list[str]:
 
 
 def metrics(at: AppTest) -> dict[str, str]:
-    return {m.label: m.value for m in at.metric}
+    """Labelled figures: st.metric widgets, and one-row markdown tables (render.table)."""
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in line.strip().strip("|").split(" | ")]
+
+    out = {m.label: m.value for m in at.metric}
+    for value in (m.value for m in at.markdown):
+        lines = value.splitlines()
+        if len(lines) == 3 and lines[0].startswith("| ") and lines[1].startswith("|---"):
+            out.update(zip(cells(lines[0]), cells(lines[2]), strict=True))
+    return out
 
 
 def markdown(at: AppTest) -> list[str]:
@@ -173,8 +182,10 @@ def _check_candidate_section(at: AppTest, drawn: tuple[list, list[str]]) -> None
     assert at.subheader[0].value == "Is this sample attributable?"
     pics, caps = drawn
     assert len(pics) == 4
-    assert caps[0].startswith("sample (seed ") and caps[1].startswith("nearest training image")
-    assert caps[2] == "sample without x̂" and caps[3].startswith("its nearest image: #")
+    candidate = caps[1].removeprefix("candidate: #")
+    assert caps[0].startswith("sample (seed ") and candidate.isdigit()
+    assert caps[2] == f"without #{candidate}" and caps[3].startswith("its nearest: #")
+    assert np.array_equal(pics[1], _images_of(at)[int(candidate)])
     said = [m.value for m in (*at.success, *at.info, *at.warning) if "Removing x̂" in m.value]
     assert len(said) == 1 and "flip rate" in said[0]
     assert said[0].startswith(("**Attributable to #", "**Needs #", "**Not attributable"))

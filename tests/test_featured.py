@@ -145,8 +145,9 @@ def test_featured_seeds_open_without_any_computation(featured_run, tmp_path, mon
     from tda.workers import WorkerPool
 
     chains = []  # every worker call (op name) a page or job makes
-    real = WorkerPool.call  # every chain a page or job runs goes to a worker process
-    monkeypatch.setattr(WorkerPool, "call", lambda *a, **k: chains.append(a[3]) or real(*a, **k))
+    real = WorkerPool.timed  # every chain a page or job runs goes to a worker process
+    monkeypatch.setattr(WorkerPool, "timed",  # (call goes through timed)
+                        lambda *a, **k: chains.append(a[3]) or real(*a, **k))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
     assert at.number_input(key="seed").value == 0  # the default seed is featured
     assert "Featured seeds, ready at once: 0, 2" in [c.value for c in at.sidebar.caption]
@@ -154,8 +155,8 @@ def test_featured_seeds_open_without_any_computation(featured_run, tmp_path, mon
         at.switch_page(BY_URL[page].path).run()
         assert not at.exception, at.exception
     at.switch_page(BY_URL["attribution"].path).run()
-    m = {x.label: x.value for x in at.metric}
-    assert "Spearman ρ vs exact" in m and "Top-1 / phantom p99" in m
+    shown = " ".join(x.value for x in at.markdown)  # the figures' markdown tables
+    assert "| Spearman ρ vs exact |" in shown and "| Top-1 / phantom p99 |" in shown
     assert jobs.started == 0 and not chains
     at.number_input(key="seed").set_value(3).run()  # not featured: computed on demand
     assert not at.exception and jobs.started >= 2 and chains

@@ -45,6 +45,10 @@ def test_answers_equal_the_explorer_here(pool, key, tiny_explorer):
     assert np.array_equal(theirs.order[:3], ours.order[:3])
     inline = InlinePool(lambda k, c: tiny_explorer)
     assert np.allclose(inline.call(key, None, "sample", 5)[0], y, atol=1e-6)
+    # timed: the same answer and the seconds the chain took in its process
+    for p in (pool, inline):
+        (again, _, _), seconds = p.timed(key, None, "sample", 5)
+        assert np.array_equal(again, y) and 0 < seconds < 60
 
 
 def test_progress_is_relayed_and_a_stopped_call_frees_its_worker(pool, key, tiny_explorer):

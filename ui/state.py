@@ -42,7 +42,7 @@ from tda.featured import CONTROLS as FEATURED_CONTROLS
 from tda.featured import Entry, Featured, load_featured
 from tda.jobs import QUEUED, Busy, JobManager, Status
 from tda.limits import Limits, limits
-from tda.workers import WorkerPool
+from tda.workers import WorkerPool, fewer_malloc_arenas
 from ui import guard, nav, urls
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -155,6 +155,7 @@ def _loaded(key: str) -> Explorer:
     # cyclic collector with them, so that a collection (automatic, or Streamlit's after a
     # script run) walks only what pages create (0.26 s -> microseconds on assets/default)
     gc.freeze()
+    fewer_malloc_arenas()  # a thread per session: each would keep an arena of freed memory
     return ex
 
 
@@ -224,6 +225,9 @@ class _Lane:
     def call(self, *args, **kw):
         return _workers().call(*args, lane=self.lane, **kw)
 
+    def timed(self, *args, **kw):
+        return _workers().timed(*args, lane=self.lane, **kw)
+
 
 def _pool(lane: str):
     """Calls into the worker processes in `lane` ("page" or "job")."""
@@ -275,10 +279,9 @@ def run_job(job_key: tuple, fn: Callable[[Callable], Any], text: str, priority: 
 @st.cache_data(show_spinner="Sampling ...", max_entries=64)
 def _sampled(key: str, seed: int, combine: str):
     """The full ensemble's chain of `seed` in a page worker: (sample, trajectory, mixture
-    log-likelihoods or None, seconds)."""
-    t = time.perf_counter()
-    y, traj, loglik = _pool("page").call(key, combine, "sample", seed)
-    return y, traj, loglik, time.perf_counter() - t
+    log-likelihoods or None, seconds the chain took in its process)."""
+    (y, traj, loglik), seconds = _pool("page").timed(key, combine, "sample", seed)
+    return y, traj, loglik, seconds
 
 
 def ensemble_sample(key: str, seed: int, combine: str) -> tuple[np.ndarray, float]:
@@ -317,9 +320,7 @@ def member_samples(key: str, seed: int, combine: str) -> tuple[np.ndarray, float
     n = explorer(key, combine).n
 
     def work(progress):
-        t = time.perf_counter()
-        y = _pool("job").call(key, combine, "y", torch.eye(n), seed, progress=progress)
-        return y, time.perf_counter() - t
+        return _pool("job").timed(key, combine, "y", torch.eye(n), seed, progress=progress)
 
     return run_job(("members", key, seed, combine), work, "Sampling every member alone ...", -1)
 
