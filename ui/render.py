@@ -22,8 +22,10 @@ STYLE = """<style>
 
 def style() -> None:
     """Square, pixelated images (the samples are a few pixels wide and must stay crisp);
-    Streamlit's file-name navigation hidden (ui.nav draws the app's own)."""
-    st.html(STYLE)
+    Streamlit's file-name navigation hidden (ui.nav draws the app's own). As markdown,
+    which every page loads anyway, not st.html, whose JavaScript each browser would
+    fetch and compile for one style sheet."""
+    st.markdown(STYLE, unsafe_allow_html=True)
 
 
 def show(image, caption: str | None = None, size: int = 256, container=st) -> None:
