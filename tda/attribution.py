@@ -327,6 +327,29 @@ def _nearest(explorer: Explorer, sample: torch.Tensor) -> np.ndarray:
     return scores
 
 
+def _exact_wanted(att: Attribution, exact: bool) -> bool:
+    return exact or att.exact or att.method == "nearest"
+
+
+def _stored_counterfactuals(att: Attribution, rows: np.ndarray) -> torch.Tensor | None:
+    """The exact counterfactuals of `rows` that `att` already holds, or None."""
+    if "verified_cf" in att.state and np.isin(rows, att.verified_rows).all():
+        pos = {int(r): k for k, r in enumerate(att.verified_rows)}
+        return att.state["verified_cf"][torch.as_tensor([pos[int(r)] for r in rows])]
+    if "residuals" in att.state:
+        return att.sample + att.state["residuals"][torch.as_tensor(rows)]
+    return None
+
+
+def counterfactuals_need_chains(att: Attribution, rows, exact: bool = False) -> bool:
+    """Whether `counterfactuals_for(explorer, att, rows, exact)` runs chains (exact ones
+    not stored, or last-step's one step); otherwise it is a lookup or a matrix product."""
+    rows = np.atleast_1d(np.asarray(rows, dtype=np.int64))
+    if _exact_wanted(att, exact):
+        return _stored_counterfactuals(att, rows) is None
+    return att.method == "last-step"
+
+
 def counterfactuals_for(
     explorer: Explorer, att: Attribution, rows, exact: bool = False
 ) -> torch.Tensor:
@@ -334,12 +357,10 @@ def counterfactuals_for(
     rows = np.atleast_1d(np.asarray(rows, dtype=np.int64))
     codes = explorer.run.codes[rows]
     y0 = att.sample
-    if exact or att.exact or att.method == "nearest":
-        if "verified_cf" in att.state and np.isin(rows, att.verified_rows).all():
-            pos = {int(r): k for k, r in enumerate(att.verified_rows)}
-            return att.state["verified_cf"][torch.as_tensor([pos[int(r)] for r in rows])]
-        if "residuals" in att.state:
-            return y0 + att.state["residuals"][torch.as_tensor(rows)]
+    if _exact_wanted(att, exact):
+        stored = _stored_counterfactuals(att, rows)
+        if stored is not None:
+            return stored
         return exact_counterfactuals(explorer, att.seed, att.steps, codes)
     if att.method == "last-step":
         return y0 + _last_step_residuals(explorer, att.seed, att.steps, codes, att.state)

@@ -98,6 +98,12 @@ def _verified(ex, progress, base, m: int):
     return verify_topk(ex, base, m=m, progress=progress)
 
 
+def _counterfactuals(ex, progress, att, rows, exact: bool):
+    from .attribution import counterfactuals_for
+
+    return counterfactuals_for(ex, att, rows, exact=exact).numpy()
+
+
 def _evaluate(ex, progress, out: str, sizes, classifier_dir: str):
     from .evaluate import evaluate
 
@@ -115,6 +121,7 @@ OPS: dict[str, Callable[..., Any]] = {
     "attribution": _attribution,
     "candidate": _candidate,
     "verified": _verified,
+    "counterfactuals": _counterfactuals,  # of training rows for an Attribution (chains)
     "evaluate": _evaluate,  # a report into the folder `out` (tda.evaluate); its dict
     "niceness": _niceness,  # (this process's niceness, its pid): for checks
 }
@@ -268,12 +275,14 @@ class WorkerPool:
                     self._cv.wait()
                 if self._closed:
                     raise TdaError("the worker pool is closed")
-                self._busy[lane] += 1
                 if self._idle:
-                    return self._idle.pop()
-                self._started += 1
-                w = _Worker(self._ctx, self.nice, self.threads, f"{self.name}-{self._started}")
-                self._workers.append(w)
+                    w = self._idle.pop()
+                else:  # start one (a failed start takes nothing)
+                    w = _Worker(self._ctx, self.nice, self.threads,
+                                f"{self.name}-{self._started + 1}")
+                    self._started += 1
+                    self._workers.append(w)
+                self._busy[lane] += 1
                 return w
             finally:
                 self._waiting[lane] -= 1
@@ -281,12 +290,13 @@ class WorkerPool:
     def _give(self, w: _Worker, lane: str, alive: bool) -> None:
         with self._cv:
             self._busy[lane] -= 1
-            if alive:
+            keep = alive and not self._closed
+            if keep:
                 self._idle.append(w)
-            else:
+            elif w in self._workers:
                 self._workers.remove(w)
             self._cv.notify_all()
-        if not alive:
+        if not keep:
             w.stop()
 
     def call(self, key: str, combine: str | None, op: str, *args, lane: str = "page",

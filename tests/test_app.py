@@ -225,6 +225,26 @@ def _check_attribution_page(at: AppTest, sheets: list, k: int = 8) -> None:
         assert warned == (float(ratio) < 1)
 
 
+def test_exact_counterfactual_chains_run_in_a_worker_and_are_exact(app_env, sheets,
+                                                                   tiny_explorer, monkeypatch):
+    from tda.workers import WorkerPool
+
+    ops = []
+    real = WorkerPool.timed
+    monkeypatch.setattr(WorkerPool, "timed", lambda *a, **k: ops.append(a[3]) or real(*a, **k))
+    at = open_app("attribution")
+    assert "counterfactuals" not in ops  # jacobian: a matrix product in the server
+    exact = next(t for t in at.toggle if t.label == "Exact counterfactual chains")
+    exact.set_value(True).run()
+    assert not at.exception and ops.count("counterfactuals") == 1  # one call for the top-k
+    images, caps = sheets[-8]  # the first row: training image, sample without it, residual
+    row = int(next(s for s in markdown(at) if s.startswith("**#1 · training image "))
+              .split("training image ")[1].split("**")[0])
+    assert caps[1] == "sample without it" and np.array_equal(images[0], _images_of(at)[row])
+    want = tiny_explorer.counterfactual(0, remove_rows=[row]).counterfactual.numpy()
+    np.testing.assert_allclose(images[1], want, atol=1e-5)
+
+
 def test_attribution_methods_verification_and_comparison(app_env, sheets):
     at = open_app("attribution")
     assert at.selectbox(key="method").value == "jacobian"

@@ -14,6 +14,7 @@ from tda.attribution import (
     METHODS,
     attribute,
     counterfactuals_for,
+    counterfactuals_need_chains,
     empirical_pvalues,
     jacobian,
     verify_topk,
@@ -139,6 +140,16 @@ def test_verified_topk_returns_exact_counterfactuals(tiny_explorer, exact_att):
         torch.testing.assert_close(
             cf[k], ex.counterfactual(SEED, remove_rows=[row]).counterfactual, rtol=1e-5, atol=1e-6
         )
+    # which requests run chains (the app sends those to a worker process): exact ones
+    # that are not stored, and last-step's one step
+    rest = [r for r in range(ex.run.N) if r not in set(v.verified_rows)][:2]
+    assert not counterfactuals_need_chains(v, v.order[:3], exact=True)  # verified: stored
+    assert counterfactuals_need_chains(v, rest, exact=True)
+    assert counterfactuals_need_chains(approx, top[:2])  # last-step runs one step
+    assert not counterfactuals_need_chains(exact_att, rest, exact=True)  # residuals stored
+    jac = attribute(ex, SEED, "jacobian")
+    assert not counterfactuals_need_chains(jac, rest) and counterfactuals_need_chains(
+        jac, rest, exact=True)
 
 
 def test_noise_floor_uses_unused_codes_and_gives_pvalues(tiny_explorer, exact_att):

@@ -411,10 +411,11 @@ def live_evaluation(key: str, combine: str, sizes) -> dict:
 
 @st.cache_data(show_spinner="Counterfactuals of the top images ...", max_entries=256)
 def _counterfactuals(key, seed, method, verified_m, rows, exact, combine, _att) -> np.ndarray:
-    from tda.attribution import counterfactuals_for
+    from tda.attribution import counterfactuals_for, counterfactuals_need_chains
 
-    # not in a worker lane: mostly a matrix product (or stored residuals) that must not
-    # queue behind other sessions' chains; the rare exact chains run here
+    if counterfactuals_need_chains(_att, list(rows), exact):  # exact chains: a page worker
+        return _pool("page").call(key, combine, "counterfactuals", _att, list(rows), exact)
+    # a matrix product or stored residuals: here, not queued behind other sessions' chains
     return counterfactuals_for(explorer(key, combine), _att, list(rows), exact=exact).numpy()
 
 
