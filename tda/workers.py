@@ -137,8 +137,10 @@ def _explorer(cache: OrderedDict, key: str, combine: str | None):
     k = (key, combine)
     if k in cache:
         cache.move_to_end(k)
-    else:
-        cache[k] = Explorer(key.rsplit("@", 1)[0], combine=combine)
+    else:  # another rule of a run already here shares its loaded members
+        loaded = next((ex.run for (other, _), ex in cache.items() if other == key), None)
+        cache[k] = Explorer(loaded if loaded is not None else key.rsplit("@", 1)[0],
+                            combine=combine)
         while len(cache) > EXPLORERS_KEPT:
             cache.popitem(last=False)
     return cache[k]

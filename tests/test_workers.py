@@ -164,3 +164,14 @@ def test_jobs_leave_a_process_to_pages_and_pages_go_first(key):
     finally:
         release.set()
         one.close()
+
+
+def test_a_worker_loads_a_run_once_for_both_rules(key):
+    from collections import OrderedDict
+
+    from tda.workers import _explorer
+
+    cache: OrderedDict = OrderedDict()
+    mean, mixture = _explorer(cache, key, "mean"), _explorer(cache, key, "mixture")
+    assert mean.run is mixture.run and (mean.combine, mixture.combine) == ("mean", "mixture")
+    assert _explorer(cache, key, "mean") is mean
