@@ -142,7 +142,7 @@ class Server:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
-    def _tree(self) -> list[int]:
+    def tree(self) -> list[int]:
         """The server and every process below it (its worker processes, their forkserver)."""
         out, todo = [], [self.proc.pid]
         while todo:
@@ -160,7 +160,7 @@ class Server:
         them) of the server and its worker processes, sampled every second."""
         while self.proc.poll() is None:
             total = 0
-            for pid in self._tree():
+            for pid in self.tree():
                 try:
                     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                         if line.startswith("Pss:"):
@@ -339,7 +339,7 @@ def run_app(label: str, app: Path, env: dict, seeds, log: Path, warm_first: bool
             "load_per_core_after": cpu_busy(),
             "peak_rss_mb": server.peak_mb(),
             "tree_peak_pss_mb": server.tree_peak_mb,
-            "processes": len(server._tree()),
+            "processes": len(server.tree()),
             **summary(records),
             "records": records,
         }

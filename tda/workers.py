@@ -31,6 +31,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 from . import TdaError
@@ -42,6 +43,7 @@ EXPLORERS_KEPT = 4  # runs (with a rule) a worker process keeps loaded
 _CANCEL = "cancel"
 
 
+@lru_cache(maxsize=1)
 def _libc():
     import ctypes
     import ctypes.util
@@ -131,6 +133,11 @@ class _Stop(Exception):
     """The caller no longer wants this answer."""
 
 
+def run_path(key: str) -> str:
+    """The run folder of a run key (`folder@manifest mtime`, as ui.state.run_key makes)."""
+    return key.rsplit("@", 1)[0]
+
+
 def _explorer(cache: OrderedDict, key: str, combine: str | None):
     from .api import Explorer
 
@@ -139,8 +146,7 @@ def _explorer(cache: OrderedDict, key: str, combine: str | None):
         cache.move_to_end(k)
     else:  # another rule of a run already here shares its loaded members
         loaded = next((ex.run for (other, _), ex in cache.items() if other == key), None)
-        cache[k] = Explorer(loaded if loaded is not None else key.rsplit("@", 1)[0],
-                            combine=combine)
+        cache[k] = Explorer(loaded if loaded is not None else run_path(key), combine=combine)
         while len(cache) > EXPLORERS_KEPT:
             cache.popitem(last=False)
     return cache[k]
@@ -174,18 +180,20 @@ def _serve(conn, nice: int, threads: int) -> None:
         if msg == _CANCEL:  # a late cancel for an answer already sent
             continue
         key, combine, op, args = msg
+        value = None
         try:
             ex = _explorer(explorers, key, combine)
             t = time.perf_counter()
             value = OPS[op](ex, progress, *args)
             conn.send(("done", value, time.perf_counter() - t))
-            del value
-            give_back_freed_memory()  # a sweep's chunks are freed: not kept till the next
         except _Stop:
             conn.send(("stopped",))
         except Exception as e:  # noqa: BLE001 - every failure goes back to the caller
             log.exception("worker: %s failed", op)
             conn.send(("error", isinstance(e, TdaError), f"{type(e).__name__}: {e}"))
+        finally:  # a sweep's chunks are freed (stopped or not): not kept till the next
+            value = None
+            give_back_freed_memory()
 
 
 class _Worker:

@@ -42,7 +42,7 @@ from tda.featured import CONTROLS as FEATURED_CONTROLS
 from tda.featured import Entry, Featured, load_featured
 from tda.jobs import QUEUED, Busy, JobManager, Status
 from tda.limits import Limits, limits
-from tda.workers import WorkerPool, fewer_malloc_arenas
+from tda.workers import WorkerPool, fewer_malloc_arenas, run_path
 from ui import guard, nav, urls
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -150,7 +150,7 @@ def run_rule(explorer: Explorer) -> str:
 
 @st.cache_resource(show_spinner="Loading the run and checking every file ...", max_entries=4)
 def _loaded(key: str) -> Explorer:
-    ex = Explorer(key.rsplit("@", 1)[0])
+    ex = Explorer(run_path(key))
     # torch, the app's modules and the run now live as long as the server: out of the
     # cyclic collector with them, so that a collection (automatic, or Streamlit's after a
     # script run) walks only what pages create (0.26 s -> microseconds on assets/default)
@@ -401,7 +401,7 @@ def live_evaluation(key: str, combine: str, sizes) -> dict:
 
     def work(progress):
         tmp = Path(tempfile.mkdtemp(prefix="tda-diagnostics-"))
-        own = Path(key.rsplit("@", 1)[0]) / CLASSIFIER_DIR
+        own = Path(run_path(key)) / CLASSIFIER_DIR
         classifier = own if own.is_dir() else tmp / CLASSIFIER_DIR
         return _pool("job").call(key, combine, "evaluate", str(tmp / "report"), sizes,
                                  str(classifier), progress=progress)
