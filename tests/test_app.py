@@ -242,7 +242,11 @@ def test_exact_counterfactual_chains_run_in_a_worker_and_are_exact(app_env, shee
               .split("training image ")[1].split("**")[0])
     assert caps[1] == "sample without it" and np.array_equal(images[0], _images_of(at)[row])
     want = tiny_explorer.counterfactual(0, remove_rows=[row]).counterfactual.numpy()
-    np.testing.assert_allclose(images[1], want, atol=1e-5)
+    # one chain against a batch of k in another process: each step may round a few
+    # float32 eps of |x| differently, and the K steps add up
+    traj = tiny_explorer.trajectory(0)
+    atol = (len(traj) - 1) * 8 * float(np.finfo(np.float32).eps) * float(traj.abs().max())
+    np.testing.assert_allclose(images[1], want, rtol=0, atol=atol)
 
 
 def test_attribution_methods_verification_and_comparison(app_env, sheets):
