@@ -75,6 +75,11 @@ def test_a_failure_comes_back_and_a_dead_worker_is_replaced(pool, key):
         pool.call(key, None, "shell")
     nice, pid = pool.call(key, None, "niceness")
     assert nice >= 3 and pid != os.getpid()
+    group = f"/proc/{pid}/autogroup"
+    if os.path.exists(group):  # a scheduling group of its own, as nice as the process
+        with open(group) as f, open("/proc/self/autogroup") as mine:
+            theirs = f.read().split()
+            assert theirs[0] != mine.read().split()[0] and theirs[-1] == "3"
 
     def kill_it(done, total, text=None):
         os.kill(pid, signal.SIGKILL)
