@@ -17,12 +17,14 @@ STYLE = """<style>
   border-radius: 0 !important; image-rendering: pixelated;
 }
 [data-testid="stSidebarNav"] { display: none; }
+[data-testid="stProgress"] * { transition: none !important; }
 </style>"""
 
 
 def style() -> None:
     """Square, pixelated images (the samples are a few pixels wide and must stay crisp);
-    Streamlit's file-name navigation hidden (ui.nav draws the app's own). As markdown,
+    Streamlit's file-name navigation hidden (ui.nav draws the app's own); progress bars
+    jump instead of gliding (each glide kept a waiting browser drawing frames). As markdown,
     which every page loads anyway, not st.html, whose JavaScript each browser would
     fetch and compile for one style sheet."""
     st.markdown(STYLE, unsafe_allow_html=True)
