@@ -18,13 +18,18 @@ STYLE = """<style>
 }
 [data-testid="stSidebarNav"] { display: none; }
 [data-testid="stProgress"] * { transition: none !important; }
+[data-testid="stSpinnerIcon"] { animation: none !important; }
 </style>"""
 
 
 def style() -> None:
     """Square, pixelated images (the samples are a few pixels wide and must stay crisp);
-    Streamlit's file-name navigation hidden (ui.nav draws the app's own); progress bars
-    jump instead of gliding (each glide kept a waiting browser drawing frames). As markdown,
+    Streamlit's file-name navigation hidden (ui.nav draws the app's own). Waiting shows
+    no motion of its own: progress bars jump instead of gliding and spinners stand still
+    (their text says what runs; the status widget still shows the page is running). A
+    turning spinner kept its browser drawing frames, 7.5% of a core per waiting page
+    against 3% standing (benchmarks/README.md); with ten visitors waiting for their own
+    seeds beside ten on featured ones, the featured Home came 14 s later. As markdown,
     which every page loads anyway, not st.html, whose JavaScript each browser would
     fetch and compile for one style sheet."""
     st.markdown(STYLE, unsafe_allow_html=True)
