@@ -221,17 +221,21 @@ def open_page(page: str, seed: int):
 
 
 def test_the_attribution_page_waits_in_the_queue_then_shares_its_results(app_jobs):
+    from ui import state
+
     jobs, shown = app_jobs
     gate = threading.Event()
     other = jobs.submit("another visitor's sweep", lambda progress: gate.wait(WAIT))
 
     def release_when_the_page_waits() -> None:  # and the page has shown its place
         until(lambda: any(s.state == QUEUED for s in shown), timeout=60)
+        time.sleep(3 * state.POLL_S)  # the place stays the same meanwhile
         gate.set()
 
     threading.Thread(target=release_when_the_page_waits, daemon=True).start()
     at = open_page("attribution", seed=21)  # waits for the worker, then computes
-    assert any(s.state == QUEUED and s.position == 1 for s in shown)
+    queued = [s for s in shown if s.state == QUEUED]
+    assert len(queued) == 1 and queued[0].position == 1  # drawn once: it did not change
     figures = [m.value for m in at.markdown if m.value.startswith("| Top-1 / phantom p99 |")]
     assert len(figures) == 1  # the attribution's figures are shown
     other.release()

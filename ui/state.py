@@ -65,8 +65,8 @@ python -m tda train --dataset mnist --n 384 --members 16 --steps 3000 --out asse
 or point the explorer at a folder that holds runs: `TDA_RUNS=/path/to/runs streamlit run app.py`.
 A run is any folder with an `ensemble.json` in it."""
 POLL_S = 1.0  # a waiting page redraws its place in the queue or progress this often, if it
-# changed: each redraw costs the browser ~40 ms of CPU, and at two a second ten waiting
-# pages took a core from the browsers beside them (the load test's own seeds)
+# changed: each redraw costs its browser ~70 ms of CPU, and at two a second ten waiting
+# pages took more than a core from the browsers beside them (the load test's own seeds)
 RESULTS_KEPT = 256  # finished expensive results kept for everyone (least recently used go)
 WORKER_NICE = 10  # chains in worker processes yield the CPU to serving pages
 
