@@ -12,8 +12,8 @@ RUN/featured/featured.json), half a seed of their own that nothing has computed.
 same load against a trivial Streamlit app of the same shape (six pages of text and one
 image, the same sidebar): the floor that the browsers and Streamlit themselves cost on
 this machine. Prints p50 / p95 / max seconds per page for both, errors, the time until a
-session that waits sees its place in the queue or its progress, and the server's peak
-memory (VmHWM). `--sessions 2` is a smoke check of a minute or two.
+session that waits sees its place in the queue or its progress, the server's peak
+memory (VmHWM), and where the CPU went (browsers, server, its worker processes). `--sessions 2` is a smoke check of a minute or two.
 """
 
 from __future__ import annotations
@@ -95,6 +95,65 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu() -> dict[int, tuple[str, float]]:
+    """pid -> (command name, CPU seconds so far: user + system) of every process."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text.rsplit(")", 1)[1].split()
+        out[int(stat.parent.name)] = (text[text.index("(") + 1 : text.rindex(")")],
+                                      (int(fields[11]) + int(fields[12])) / TICK)
+    return out
+
+
+def chromium_cpu_s() -> float:
+    """CPU seconds (user + system) of every running chromium process."""
+    return sum(t for name, t in process_cpu().values() if "chrom" in name.lower())
+
+
+class CpuWatch:
+    """Where the CPU went while a load ran: the browsers (every chromium process), the
+    server process and the processes below it (its workers), sampled each second. A
+    process seen for the first time counts all its time; one that ends loses at most its
+    last second."""
+
+    def __init__(self, server: Server):
+        self.server, self.seconds = server, {"browsers": 0.0, "server": 0.0, "workers": 0.0}
+        self._last = process_cpu()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        now, tree = process_cpu(), set(self.server.tree())
+        for pid, (name, t) in now.items():
+            before = self._last.get(pid)
+            dt = t - before[1] if before is not None and before[0] == name else t
+            if pid == self.server.proc.pid:
+                self.seconds["server"] += dt
+            elif pid in tree:
+                self.seconds["workers"] += dt
+            elif "chrom" in name.lower():
+                self.seconds["browsers"] += dt
+        self._last = now
+
+    def _watch(self) -> None:
+        while not self._stop.wait(1.0):
+            self._sample()
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        return {k: round(v, 1) for k, v in self.seconds.items()}
 
 
 class Server:
@@ -328,9 +387,14 @@ def run_app(label: str, app: Path, env: dict, seeds, log: Path, warm_first: bool
     try:
         load_before = cpu_busy()
         t0 = time.perf_counter()
-        records, first = asyncio.run(drive(server.url, seeds, warm_first))
+        watch = CpuWatch(server)
+        try:
+            records, first = asyncio.run(drive(server.url, seeds, warm_first))
+        finally:
+            cpu = watch.stop()
         result = {
             "server_cpu_s": server.cpu_s(),
+            "cpu_s": cpu,
             "app": label,
             "sessions": len(seeds),
             "wall_s": time.perf_counter() - t0,
@@ -429,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['load_per_core_before']:.2f} before, {r['load_per_core_after']:.2f} after",
                 flush=True,
             )
+            print("  CPU seconds during the run (the warm-up visit included): " + ", ".join(
+                f"{k} {v:.0f}" for k, v in r["cpu_s"].items()), flush=True)
             for e in r["errors"][:10]:
                 print("  error:", e)
             if r["errors"]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import tempfile
@@ -25,23 +24,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import load  # noqa: E402 - the load test's server, trivial app and page checks
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def chromium_cpu_s() -> float:
-    """CPU seconds (user + system) of every running chromium process."""
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        name = text[text.index("(") + 1 : text.rindex(")")]
-        if "chrom" in name.lower():
-            fields = text.rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / TICK
 
 
 async def visit(browser, server, seed: int) -> dict[str, dict[str, float]]:
@@ -66,7 +48,7 @@ async def visit(browser, server, seed: int) -> dict[str, dict[str, float]]:
         for name in load.PAGES:
             metrics = {m["name"]: m["value"] for m in
                        (await cdp.send("Performance.getMetrics"))["metrics"]}
-            cpu0, js0, t0 = chromium_cpu_s(), js["bytes"], time.perf_counter()
+            cpu0, js0, t0 = load.chromium_cpu_s(), js["bytes"], time.perf_counter()
             server0 = server.cpu_s()
             if name == "Home":
                 await page.goto(f"{url}/?seed={seed}")
@@ -78,7 +60,7 @@ async def visit(browser, server, seed: int) -> dict[str, dict[str, float]]:
                      (await cdp.send("Performance.getMetrics"))["metrics"]}
             out[name] = {
                 "seconds": time.perf_counter() - t0 - 0.3,
-                "browser_cpu_s": chromium_cpu_s() - cpu0,
+                "browser_cpu_s": load.chromium_cpu_s() - cpu0,
                 "server_cpu_s": server.cpu_s() - server0,
                 "main_task_s": after["TaskDuration"] - metrics.get("TaskDuration", 0.0),
                 "script_s": after["ScriptDuration"] - metrics.get("ScriptDuration", 0.0),
