@@ -13,7 +13,8 @@ same load against a trivial Streamlit app of the same shape (six pages of text a
 image, the same sidebar): the floor that the browsers and Streamlit themselves cost on
 this machine. Prints p50 / p95 / max seconds per page for both, errors, the time until a
 session that waits sees its place in the queue or its progress, the server's peak
-memory (VmHWM), and where the CPU went (browsers, server, its worker processes). `--sessions 2` is a smoke check of a minute or two.
+memory (VmHWM), and where the CPU went (browsers, server, its worker processes).
+`--sessions 2` is a smoke check of a minute or two.
 """
 
 from __future__ import annotations
@@ -108,10 +109,15 @@ def process_cpu() -> dict[int, tuple[str, float]]:
             text = stat.read_text()
         except OSError:
             continue
-        fields = text.rsplit(")", 1)[1].split()
         out[int(stat.parent.name)] = (text[text.index("(") + 1 : text.rindex(")")],
-                                      (int(fields[11]) + int(fields[12])) / TICK)
+                                      stat_cpu_s(text))
     return out
+
+
+def stat_cpu_s(stat: str) -> float:
+    """CPU seconds (user + system) from the text of a /proc/PID/stat."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def chromium_cpu_s() -> float:
@@ -231,8 +237,7 @@ class Server:
 
     def cpu_s(self) -> float:
         """CPU seconds the server has used so far (user + system, its threads together)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return stat_cpu_s(Path(f"/proc/{self.proc.pid}/stat").read_text())
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -1,4 +1,4 @@
-"""What one browser pays for each page: CPU seconds and JavaScript, tda against the floor.
+"""What one browser pays for each page, in CPU seconds, tda against the trivial app.
 
     python benchmarks/page_weight.py [--repeat 3]
 
@@ -8,7 +8,7 @@ visitor at a time on a quiet machine, which is far less noisy than the load test
 fresh browser context opens Home (a featured seed) and clicks Generate, Attribution and
 Training set, and for every page it reports the CPU seconds of all chromium processes
 (renderer, network, compositor) from the click until the page has finished, the main
-thread's task time (Chrome's Performance.getMetrics), and the JavaScript bytes fetched.
+thread's task time (Chrome's Performance.getMetrics), and the server's CPU seconds.
 The same for the trivial app of `load.py` gives the floor. Medians of `--repeat` visits.
 """
 
@@ -33,22 +33,12 @@ async def visit(browser, server, seed: int) -> dict[str, dict[str, float]]:
     page.set_default_timeout(load.PAGE_TIMEOUT_S * 1000)
     cdp = await context.new_cdp_session(page)
     await cdp.send("Performance.enable")
-    js = {"bytes": 0}
-
-    async def count(response) -> None:
-        if response.request.resource_type == "script":
-            try:
-                js["bytes"] += len(await response.body())
-            except Exception:  # noqa: BLE001 - a body that went away counts nothing
-                pass
-
-    page.on("response", lambda r: asyncio.ensure_future(count(r)))
     out: dict[str, dict[str, float]] = {}
     try:
         for name in load.PAGES:
             metrics = {m["name"]: m["value"] for m in
                        (await cdp.send("Performance.getMetrics"))["metrics"]}
-            cpu0, js0, t0 = load.chromium_cpu_s(), js["bytes"], time.perf_counter()
+            cpu0, t0 = load.chromium_cpu_s(), time.perf_counter()
             server0 = server.cpu_s()
             if name == "Home":
                 await page.goto(f"{url}/?seed={seed}")
@@ -64,7 +54,6 @@ async def visit(browser, server, seed: int) -> dict[str, dict[str, float]]:
                 "server_cpu_s": server.cpu_s() - server0,
                 "main_task_s": after["TaskDuration"] - metrics.get("TaskDuration", 0.0),
                 "script_s": after["ScriptDuration"] - metrics.get("ScriptDuration", 0.0),
-                "js_kb": (js["bytes"] - js0) / 1024,
             }
     finally:
         await context.close()
@@ -112,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|" + "---|" * len(load.PAGES))
     for label, r in rows.items():
         cells = [f"{r[p]['browser_cpu_s']:.2f} s CPU · {r[p]['main_task_s']:.2f} s main · "
-                 f"{r[p]['server_cpu_s']:.2f} s server · "
-                 f"{r[p]['js_kb']:.0f} kB JS · {r[p]['seconds']:.2f} s" for p in load.PAGES]
+                 f"{r[p]['server_cpu_s']:.2f} s server · {r[p]['seconds']:.2f} s" for p in load.PAGES]
         print(f"| {label} | " + " | ".join(cells) + " |")
     if "tda" in rows and "trivial" in rows:
         print("\nbrowser CPU over the trivial app's: " + ", ".join(
