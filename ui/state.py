@@ -64,8 +64,8 @@ python -m tda train --dataset mnist --n 384 --members 16 --steps 3000 --out asse
 
 or point the explorer at a folder that holds runs: `TDA_RUNS=/path/to/runs streamlit run app.py`.
 A run is any folder with an `ensemble.json` in it."""
-POLL_S = 1.0  # a waiting page redraws its place in the queue or progress this often, if it
-# changed: each redraw costs its browser ~70 ms of CPU, and at two a second ten waiting
+POLL_S = 1.0  # a waiting page redraws its place in the queue or progress this often: a
+# changed progress bar costs its browser ~70 ms of CPU, and at two a second ten waiting
 # pages took more than a core from the browsers beside them (the load test's own seeds)
 RESULTS_KEPT = 256  # finished expensive results kept for everyone (least recently used go)
 WORKER_NICE = 10  # chains in worker processes yield the CPU to serving pages
@@ -236,13 +236,6 @@ def _pool(lane: str):
     return _Lane(lane)
 
 
-def _view(s: Status) -> tuple:
-    """What `_show` draws of a status: a page redraws only when this changes."""
-    if s.state == QUEUED:
-        return s.state, s.position, s.queued, s.running
-    return s.state, s.done, s.total, s.text
-
-
 def _show(box, s: Status, text: str) -> None:
     """A waiting page's view of its job: place in the queue, or progress."""
     if s.state == QUEUED:
@@ -260,7 +253,7 @@ def run_job(job_key: tuple, fn: Callable[[Callable], Any], text: str, priority: 
     """The result of the job `job_key`: known, joined, or computed by `fn(progress)`.
 
     While the page waits it shows the job's place in the queue or its progress, redrawn
-    in one placeholder (no rerun) each second in which it changed. Leaving the page (another widget, page
+    once a second in one placeholder (no rerun). Leaving the page (another widget, page
     or seed, a closed tab) stops this run at the next update, which releases the ticket;
     a job nobody waits for is cancelled. `fn` runs in a worker thread: it must not call
     Streamlit.
@@ -276,12 +269,9 @@ def run_job(job_key: tuple, fn: Callable[[Callable], Any], text: str, priority: 
         st.stop()
     with ticket:
         if not ticket.wait(0.05):
-            box, drawn = st.empty(), None
-            while True:
-                s = ticket.status()
-                if _view(s) != drawn:
-                    _show(box, s, text)
-                    drawn = _view(s)
+            box = st.empty()
+            while True:  # each draw is also where Streamlit stops the run of a page left
+                _show(box, ticket.status(), text)
                 if ticket.wait(POLL_S):
                     break
             box.empty()
