@@ -12,7 +12,7 @@ TDA_RUNS.
 import streamlit as st
 
 from tda import pictures, views
-from ui import nav, render, state
+from ui import render, state
 
 INIT_HELP = {
     "shared": "shared: members start from the same weights and random stream.",
@@ -30,9 +30,9 @@ st.markdown(
     "ensemble** of diffusion models: every training image has a code that says which "
     "members were trained on it. "
     "Sampling again with only the members that never saw an image — with exactly the same "
-    "recorded noise — shows the sample *as if that image had never been in the training "
-    "set*, and the difference is that image's influence. "
-    "Scoring *phantom* codes (owned by no image) the same way measures the ensemble's own "
+    "recorded noise — shows the sample **as if that image had never been in the training "
+    "set**, and the difference is that image's influence. "
+    "Scoring **phantom** codes (owned by no image) the same way measures the ensemble's own "
     "noise, so you can see whether an influence rises above it."
 )
 
@@ -40,19 +40,15 @@ st.subheader(f"Loaded run: {ctx.label}")
 s = run.summary()
 c_, h_, w_ = run.image_shape
 replay = run.config.train.replay
-# facts and tables as markdown: one element kind the page loads anyway, where metrics and
-# st.table would each make every visitor's browser fetch and compile more JavaScript
-st.markdown(render.table([{
-    "Training images N": s["N"],
-    "Members n": s["n"],
-    "Code weight h": s["h"],
-    "Dataset": s["dataset"],
-    "Image size": f"{h_}×{w_}",
-    "Sampling steps": s["steps"],
-    "Initialisation": s["init"] + (" + replay" if replay else ""),
-}]))
+# the facts as one paragraph and one caption, the candidate test as an alert and a caption:
+# with 20 visitors' browsers on the server's two cores, each table, picture or link row
+# on this first page cost every visitor time (benchmarks/README.md, "A lighter Home")
+st.markdown(
+    f"**{s['N']:,} training images** (N) · **{s['n']} members** (n) · each image seen by "
+    f"**h = {s['h']}** members · {s['dataset']}, {h_}×{w_} px, {c_} channel(s) · "
+    f"{s['steps']} sampling steps"
+)
 st.caption(
-    f"h: how many members see each image ({c_} channel(s) per image) · "
     f"{s['train_steps']:,} training steps per member · "
     + (f"{replay:.0%} of each member batch replayed from held-out images · " if replay else "")
     + f"{s['params_per_member']:,} parameters per member · "
@@ -66,15 +62,18 @@ if tar is not None:
     show = {"ok": st.success, "partly": st.warning, "weak": st.warning}[tar["level"]]
     show(f"**Is attribution meaningful here? {head}** " + tar["text"])
     paper = tar["paper"]
-    st.markdown(render.table(
-        [{"rule": r["rule"] + (" (this run's default)" if r["rule"] == tar["default_rule"] else ""),
-          "TAR": f"{r['tar']:.2f}", "95% interval": f"{r['low']:.2f}–{r['high']:.2f}",
-          "x̂ ablation changes the sample": f"{r['candidate']:.0%}",
-          "random ablation changes it": f"{r['random']:.0%}",
-          "samples that copy a training image": f"{r['copies']:.0%}",
-          "paper (MNIST)": "—" if paper is None else f"{paper[1]:.2f} at N = {paper[0]:,}"}
-         for r in tar["rows"]],
-    ))
+    st.caption(
+        "Candidate test (TAR, 95% interval; how often ablating the nearest training image "
+        "x̂ / a random one changes the sample; samples that copy a training image): "
+        + "; ".join(
+            f"**{r['rule']}**{' (default)' if r['rule'] == tar['default_rule'] else ''} "
+            f"{r['tar']:.2f} ({r['low']:.2f}–{r['high']:.2f}), {r['candidate']:.0%} / "
+            f"{r['random']:.0%}, {r['copies']:.0%} copies"
+            for r in tar["rows"]
+        )
+        + ("" if paper is None else f". The paper (MNIST): {paper[1]:.2f} at N = {paper[0]:,}")
+        + ". Details on Diagnostics."
+    )
 
 finding = views.floor_finding(run.path)
 if finding is None and tar is None:
@@ -97,12 +96,13 @@ st.subheader("How a counterfactual works")
 code = run.codes[0]
 st.image(pictures.weights_image(code, 0), output_format="PNG")
 cf, _ = state.counterfactual(ctx.key, ctx.seed, tuple(bool(b) for b in code == 0), ctx.combine)
-c = st.columns([1, 1, 1, 1, 3])
-render.show(run.images[0], "training image #0", 128, c[0])
-render.show(cf.sample, f"sample (seed {ctx.seed})", 128, c[1])
-render.show(cf.counterfactual, "without image #0", 128, c[2])
-render.show_residual(cf.residual, "residual", 128, container=c[3])
-c[4].markdown(
+c = st.columns([4, 3])
+names = ["training image #0", f"sample (seed {ctx.seed})", "without image #0", "residual"]
+with c[0]:  # one picture, captions drawn in (and said below it), not four
+    render.sheet([views.to_image(run.images[0], 128), views.to_image(cf.sample, 128),
+                  views.to_image(cf.counterfactual, 128), views.residual_image(cf.residual, 128)],
+                 names, cols=4, size=128, caption=" · ".join(names))
+c[1].markdown(
     (f"The full ensemble averages all {run.n} members' noise predictions. "
      if ctx.combine == "mean" else
      f"The full ensemble mixes all {run.n} members, each weighted by how well it explains "
@@ -115,10 +115,8 @@ c[4].markdown(
     "by no image) measure the noise floor."
 )
 
-st.subheader("Where to go")
-c = st.columns(4)
-view = st.query_params.to_dict()
-nav.link("generate", "Generate a sample", c[0], view)
-nav.link("attribution", "Attribute it", c[1], view)
-nav.link("ablation", "Switch members off", c[2], view)
-nav.link("training_set", "Browse the training set", c[3], view)
+st.caption(
+    "Next, in the sidebar: **Generate** a sample, **Attribute** it, switch members off in "
+    "the **Ablation lab**, or browse the **Training set**. The links keep this run, seed "
+    "and rule, and so does the page's URL: copy it to share this view."
+)

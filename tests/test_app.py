@@ -15,6 +15,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tda import pictures, views
+from ui import render, state
 from ui.nav import BY_URL
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,11 +52,19 @@ def sheets(monkeypatch) -> list[tuple[list, list[str]]]:
     return drawn
 
 
+def choice(at: AppTest, key: str):
+    """The sidebar choice `key`: a segmented control for a few short options, else a
+    select box (ui.state.choice)."""
+    found = [w for w in (*at.segmented_control, *at.selectbox) if w.key == key]
+    assert len(found) == 1, f"{len(found)} widgets with key {key}"
+    return found[0]
+
+
 def charts_after_toggles(at: AppTest) -> list[str]:
-    """Switch on every "interactive chart" toggle of the page; the charts' specs."""
-    for t in at.toggle:
-        if t.key and t.key.startswith("chart_"):
-            t.set_value(True)
+    """Switch on every "interactive chart" pill of the page; the charts' specs."""
+    for p in at.pills:
+        if p.key and p.key.startswith("chart_"):
+            p.set_value(render.CHART_ON if p.options[0] in render.CHART_ON else render.CHART_SHOW)
     at.run()
     assert not at.exception, at.exception
     return [c.proto.spec for c in at.get("plotly_chart")]
@@ -87,12 +96,9 @@ def markdown(at: AppTest) -> list[str]:
     return [m.value for m in at.markdown]
 
 
-def facts(at: AppTest) -> dict[str, str]:
-    """Home's run facts: the markdown table whose first column is "Training images N"."""
-    table = next(v for v in markdown(at) if v.startswith("| Training images N |"))
-    head, _, row = table.splitlines()
-    cells = lambda line: [c.strip() for c in line.strip("| ").split(" | ")]  # noqa: E731
-    return dict(zip(cells(head), cells(row), strict=True))
+def facts(at: AppTest) -> str:
+    """Home's run facts: the paragraph under "Loaded run", starting with N."""
+    return next(v for v in markdown(at) if "training images** (N)" in v)
 
 
 def test_no_run_explains_how_to_train_one(tmp_path, monkeypatch):
@@ -114,28 +120,32 @@ def test_broken_run_is_refused_with_its_reason(tiny_run_copy, tmp_path, monkeypa
     assert "Cannot open run" in at.error[0].value and "codes.safetensors" in at.error[0].value
 
 
-def test_home_summarises_the_run(app_env):
+def test_home_summarises_the_run(app_env, sheets):
     at = open_app()
-    assert at.selectbox(key="run").value == f"{app_env.parent.name}/tiny"
-    m = facts(at)
-    assert (m["Training images N"], m["Members n"], m["Code weight h"]) == ("16", "6", "3")
-    assert (m["Dataset"], m["Sampling steps"], m["Initialisation"]) == ("digits", "10", "shared")
-    assert m["Image size"] == "8×8"
-    # light first view: no plotly, no table or metric widgets (their JavaScript)
+    assert choice(at, "run").value == f"{app_env.parent.name}/tiny"
+    assert facts(at) == (
+        "**16 training images** (N) · **6 members** (n) · each image seen by **h = 3** "
+        "members · digits, 8×8 px, 1 channel(s) · 10 sampling steps"
+    )
+    assert any("shared: members start from the same weights" in c.value for c in at.caption)
+    # light first view: no plotly, no table or metric widgets (their JavaScript), and no
+    # select box or toggle (the sidebar's segmented controls and the chart's pill share one)
     assert not at.get("plotly_chart") and not at.get("table") and not at.metric
-    assert len(at.get("page_link")) == 6 + 4  # the navigation, then "Where to go"
+    assert not at.selectbox and not at.toggle
+    assert len(at.get("page_link")) == 6  # the navigation; Home's last caption points there
+    names = ["training image #0", "sample (seed 0)", "without image #0", "residual"]
     assert captions(at) == [
         "",  # the code matrix, drawn as a picture
         "",  # the members' weights with and without image #0
-        "training image #0",
-        "sample (seed 0)",
-        "without image #0",
-        "residual",
+        " · ".join(names),  # one picture of the four, their captions drawn in
     ]
+    assert [c for _, c in sheets] == [names]
+    run = state.explorer(state.run_key(state.discover_runs()[choice(at, "run").value])).run
+    assert views.to_image(run.images[0], 128) == sheets[0][0][0]  # the training image itself
     charts = charts_after_toggles(at)  # the interactive code matrix replaces its picture
     assert len(charts) == 1 and '"heatmap"' in charts[0].lower() and "Code matrix" in charts[0]
     assert captions(at)[0] == ""  # the weights picture stays
-    assert len(images(at)) == 5
+    assert len(images(at)) == 2
 
 
 def test_generate_shows_sample_trajectory_members_and_follows_the_seed(
@@ -200,7 +210,7 @@ def _images_of(at: AppTest) -> np.ndarray:
     from ui import state
 
     return np.asarray(state.explorer(state.run_key(state.discover_runs()[
-        at.selectbox(key="run").value])).run.images)
+        choice(at, "run").value])).run.images)
 
 
 def _check_attribution_page(at: AppTest, sheets: list, k: int = 8) -> None:
@@ -303,7 +313,7 @@ def test_ablation_toggles_members_and_removes_images(app_env, tiny_explorer):
     at = open_app("ablation")
     assert metrics(at)["Members on"] == "6/6"
     assert metrics(at)["Distance ‖y′ − y‖"] == "0.0000"
-    assert len(images(at)) == 3
+    assert len(images(at)) == 2
 
     at.toggle(key="member_0").set_value(False).run()
     assert metrics(at)["Members on"] == "5/6"
@@ -509,16 +519,16 @@ def open_link(page: str, **params) -> AppTest:
 def test_a_link_opens_its_view_and_the_url_follows(app_env):
     label = f"{app_env.parent.name}/tiny"
     at = open_link("generate", run="tiny", seed="3", combine="mixture")
-    assert at.selectbox(key="run").value == label
+    assert choice(at, "run").value == label
     assert at.number_input(key="seed").value == 3
-    assert at.selectbox(key="combine").value == "mixture"
+    assert at.segmented_control(key="combine").value == "mixture"
     assert at.subheader[0].value == "Sample of seed 3" and not at.warning
     assert at.query_params == {"run": label, "seed": "3", "combine": "mixture"}
     charts = charts_after_toggles(at)
     assert any("Which members the sample followed" in c for c in charts)  # mixture only
     mixture = images(at)[0].url
 
-    at.selectbox(key="combine").set_value("mean").run()
+    at.segmented_control(key="combine").set_value("mean").run()
     assert images(at)[0].url != mixture  # another rule, another sample, same noise
     at.number_input(key="seed").set_value(4).run()
     assert at.query_params == {"run": label, "seed": "4", "combine": "mean"}
@@ -526,15 +536,32 @@ def test_a_link_opens_its_view_and_the_url_follows(app_env):
     assert all("seed=4" in link.query_string for link in links)  # every link shares the view
 
     at.switch_page(BY_URL["ablation"].path).run()  # rule and seed carry over to other pages
-    assert at.selectbox(key="combine").value == "mean"
+    assert at.segmented_control(key="combine").value == "mean"
     assert captions(at)[0] == "full ensemble (seed 4)"
 
 
 def test_the_rule_defaults_to_the_runs_own(app_env):
     at = open_app("generate")
-    assert at.selectbox(key="combine").value == "mean"  # the tiny run's rule
-    assert at.selectbox(key="combine").options == ["mean", "mixture"]
-    assert "mixture: weight members" in at.selectbox(key="combine").help
+    assert at.segmented_control(key="combine").value == "mean"  # the tiny run's rule
+    assert at.segmented_control(key="combine").options == ["mean", "mixture"]
+    assert "mixture: weight members" in at.segmented_control(key="combine").proto.help
+
+
+def test_a_choice_clicked_off_keeps_its_option(app_env):
+    at = open_app("generate")
+    at.segmented_control(key="combine").set_value("mixture").run()
+    at.segmented_control(key="combine").set_value(None).run()  # clicked off again
+    assert at.segmented_control(key="combine").value == "mixture"
+    assert at.query_params["combine"] == "mixture" and not at.exception
+    at.switch_page(BY_URL["ablation"].path).run()
+    assert at.segmented_control(key="combine").value == "mixture"
+
+
+def test_many_runs_are_a_select_box(app_env, monkeypatch):
+    monkeypatch.setattr(state, "CHOICE_BUTTONS", 0)  # as if the server had many runs
+    at = open_app("generate")
+    assert at.selectbox(key="run").value == f"{app_env.parent.name}/tiny"
+    assert not at.exception
 
 
 @pytest.mark.parametrize(
@@ -552,7 +579,7 @@ def test_a_hostile_link_gets_a_message_and_the_default_view(app_env, params, war
     at = open_link("", **params)  # the messages show on the link's page (Home here)
     assert len(at.warning) == 1 and warned in at.warning[0].value
     assert next(iter(params.values())) not in at.warning[0].value  # never repeated back
-    assert at.number_input(key="seed").value == 0 and at.selectbox(key="combine").value == "mean"
+    assert at.number_input(key="seed").value == 0 and at.segmented_control(key="combine").value == "mean"
     assert at.query_params == {"run": f"{app_env.parent.name}/tiny", "seed": "0", "combine": "mean"}
     at.switch_page(BY_URL["generate"].path).run()
     assert at.subheader[0].value == "Sample of seed 0" and not at.warning  # said once

@@ -35,8 +35,8 @@ NAV = ("Home", "Generate", "Attribution", "Ablation lab", "Training set", "Diagn
 PAGES = {
     "": (
         "Which training images made this sample?",
-        ['[data-testid="stImage"] img', '[data-testid="stCheckbox"]'],  # pictures; a toggle
-        ["Training images N", "How a counterfactual works", "without image #0",
+        ['[data-testid="stImage"] img', '[data-testid="stButtonGroup"]'],  # pictures; a pill
+        ["training images", "How a counterfactual works", "without image #0",
          "Interactive code matrix"],
     ),
     "generate": (
@@ -232,12 +232,13 @@ def test_deep_link_on_a_fresh_server(tiny_env, page, tmp_path, path):
 
 
 def test_charts_load_on_request(server, page):
-    """Pages open with pictures; a toggle swaps in the interactive plotly chart."""
+    """Pages open with pictures; a pill swaps in the interactive plotly chart."""
     page.goto(server)
     wait_until_done(page)
     main = page.locator('[data-testid="stMain"]')
     assert not main.locator('[data-testid="stPlotlyChart"]').count()
-    main.get_by_text("Interactive code matrix").click()
+    main.get_by_text("Interactive code matrix").wait_for()  # the pill's label
+    main.locator('[data-testid="stButtonGroup"] button').filter(has_text="interactive").click()
     main.locator('[data-testid="stPlotlyChart"]').first.wait_for(state="visible")
     wait_until_done(page)
     assert main.locator('[data-testid="stPlotlyChart"] .main-svg').count()

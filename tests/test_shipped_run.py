@@ -87,8 +87,10 @@ def test_home_page_tells_whether_samples_are_attributable(monkeypatch):
     assert finding is not None and "Is attribution meaningful here?" in shown
     assert f"TAR = {finding['rows'][0]['tar']:.2f}" in shown
     run = load_run(DEFAULT)
-    facts = next(m.value for m in at.markdown if m.value.startswith("| Training images N |"))
-    assert facts.splitlines()[2].startswith(f"| {run.N} | 16 | ")
+    facts = next(m.value for m in at.markdown if "training images** (N)" in m.value)
+    assert facts.startswith(f"**{run.N:,} training images** (N) · **16 members** (n)")
+    tars = " ".join(c.value for c in at.caption if c.value.startswith("Candidate test (TAR"))
+    assert all(f"**{r['rule']}**" in tars and f"{r['tar']:.2f}" in tars for r in finding["rows"])
 
 
 def test_the_default_runs_featured_seeds_are_current_and_equal_a_fresh_computation():

@@ -3,11 +3,10 @@
 Streamlit's native multipage layout: `app.py` is Home and `pages/` holds the other
 views; a page's URL is its file name without the number (`pages/1_generate.py` is
 /generate). Streamlit runs a deep link such as /generate straight from the page file,
-without app.py, so everything a page shares with the others (page config, style,
-navigation, run and seed) is set by the call at the top of every page,
-`ui.state.sidebar(title)`. Streamlit's own file-name navigation is hidden
-(`client.showSidebarNavigation = false` in .streamlit/config.toml, and by style) and
-drawn here with titles and icons instead.
+without app.py, so everything a page shares with the others (page config, navigation,
+run and seed) is set by the call at the top of every page, `ui.state.sidebar(title)`.
+Streamlit's own file-name navigation is hidden (`client.showSidebarNavigation = false`
+in .streamlit/config.toml) and drawn here with titles and icons instead.
 """
 
 from __future__ import annotations
@@ -15,8 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import streamlit as st
-
-from ui import render
 
 APP_TITLE = "tda explorer"
 APP_ICON = ":material/blur_on:"
@@ -51,16 +48,9 @@ def configure(title: str) -> None:
     """Page config of a page (call first): its title in the browser tab, wide layout."""
     tab = APP_TITLE if title == "Home" else f"{title} · {APP_TITLE}"
     st.set_page_config(page_title=tab, page_icon=APP_ICON, layout="wide")
-    render.style()
 
 
 def navigation(container, view: dict[str, str]) -> None:
     """Links to every page, each carrying the current view (run, seed, rule) in its URL."""
     for p in PAGES:
         container.page_link(p.path, label=p.title, icon=p.icon, query_params=view)
-
-
-def link(url: str, label: str, container=st, view: dict[str, str] | None = None) -> None:
-    """A link to the page at `url` ("" is Home) with its own label, e.g. on Home."""
-    p = BY_URL[url]
-    container.page_link(p.path, label=label, icon=p.icon, query_params=view)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -9,30 +10,40 @@ import streamlit as st
 
 from tda import pictures, views
 
+CHART_ON = ":material/touch_app: interactive"  # a chart pill's one option, with a picture
+CHART_SHOW = ":material/bar_chart: show"  # and without
 NOISE_ALPHA = 0.05  # a real score with p below this is shown as above the noise floor
 
 
-STYLE = """<style>
-[data-testid="stImage"] img, [data-testid="stFullScreenFrame"] img {
-  border-radius: 0 !important; image-rendering: pixelated;
-}
-[data-testid="stSidebarNav"] { display: none; }
+STILL = """<style>
 [data-testid="stProgress"] * { transition: none !important; }
 [data-testid="stSpinnerIcon"] { animation: none !important; }
 </style>"""
 
 
-def style() -> None:
-    """Square, pixelated images (the samples are a few pixels wide and must stay crisp);
-    Streamlit's file-name navigation hidden (ui.nav draws the app's own). Waiting shows
-    no motion of its own: progress bars jump instead of gliding and spinners stand still
-    (their text says what runs; the status widget still shows the page is running). A
-    turning spinner kept its browser drawing frames, 7.5% of a core per waiting page
-    against 3% standing (benchmarks/README.md); with ten visitors waiting for their own
-    seeds beside ten on featured ones, the featured Home came 14 s later. As markdown,
-    which every page loads anyway, not st.html, whose JavaScript each browser would
-    fetch and compile for one style sheet."""
-    st.markdown(STYLE, unsafe_allow_html=True)
+def still() -> None:
+    """Waiting shows no motion of its own: progress bars jump instead of gliding and
+    spinners stand still (their text says what runs; the status widget still shows the
+    page is running). A turning spinner kept its browser drawing frames, 7.5% of a core
+    per waiting page against 3% standing (benchmarks/README.md); with ten visitors
+    waiting for their own seeds beside ten on featured ones, the featured Home came 14 s
+    later. Drawn only by a page that waits (`ui.state.run_job`, `computing`): a style
+    sheet needs raw HTML in markdown, whose parser is 190 kB of JavaScript that every
+    browser fetches and compiles on its first such page (0.1 s of CPU per visitor at
+    K = 20); pages that show results at once never load it."""
+    st.markdown(STILL, unsafe_allow_html=True)
+
+
+@contextlib.contextmanager
+def computing(text: str):
+    """A still line saying what the page computes, gone when it is done; for cached
+    computations (st.cache_data's own spinner turns, see `still`)."""
+    box = st.empty()
+    box.caption(f":material/hourglass_top: {text}")
+    try:
+        yield
+    finally:
+        box.empty()
 
 
 def show(image, caption: str | None = None, size: int = 256, container=st) -> None:
@@ -68,9 +79,11 @@ def sheet(images: np.ndarray | Sequence, captions: Sequence[str], cols: int = 8,
 
 def chart(label: str, make: Callable[[], object], key: str, picture=None) -> None:
     """A plotly chart on request. With `picture` (a PIL image of the same figure), the
-    picture is shown and the toggle swaps in the interactive chart; without, the toggle
-    shows the chart. Plotly's JavaScript, a few MB per browser, loads only when asked."""
-    on = st.toggle(label, key=f"chart_{key}")
+    picture is shown and the pill swaps in the interactive chart; without, the pill
+    shows the chart. Plotly's JavaScript, a few MB per browser, loads only when asked.
+    A pill, not a toggle: the sidebar's controls load the same JavaScript (a toggle's
+    would be one more chunk for every browser's first page)."""
+    on = st.pills(label, [CHART_ON if picture is not None else CHART_SHOW], key=f"chart_{key}")
     if on:
         st.plotly_chart(make(), key=key)
     elif picture is not None:

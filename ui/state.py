@@ -43,7 +43,7 @@ from tda.featured import Entry, Featured, load_featured
 from tda.jobs import QUEUED, Busy, JobManager, Status
 from tda.limits import Limits, limits
 from tda.workers import WorkerPool, fewer_malloc_arenas, run_path
-from ui import guard, nav, urls
+from ui import guard, nav, render, urls
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_RUN = "default"
@@ -269,6 +269,7 @@ def run_job(job_key: tuple, fn: Callable[[Callable], Any], text: str, priority: 
         st.stop()
     with ticket:
         if not ticket.wait(0.05):
+            render.still()
             box = st.empty()
             while True:  # each draw is also where Streamlit stops the run of a page left
                 _show(box, ticket.status(), text)
@@ -278,7 +279,7 @@ def run_job(job_key: tuple, fn: Callable[[Callable], Any], text: str, priority: 
         return ticket.result()
 
 
-@st.cache_data(show_spinner="Sampling ...", max_entries=64)
+@st.cache_data(show_spinner=False, max_entries=64)  # callers say "Sampling ..."
 def _sampled(key: str, seed: int, combine: str):
     """The full ensemble's chain of `seed` in a page worker: (sample, trajectory, mixture
     log-likelihoods or None, seconds the chain took in its process)."""
@@ -291,7 +292,8 @@ def ensemble_sample(key: str, seed: int, combine: str) -> tuple[np.ndarray, floa
     e = _entry(key, seed, combine)
     if e is not None:
         return e.sample.numpy(), e.seconds("sample")
-    y, _, _, seconds = _sampled(key, seed, combine)
+    with render.computing("Sampling ..."):
+        y, _, _, seconds = _sampled(key, seed, combine)
     return y, seconds
 
 
@@ -301,7 +303,8 @@ def trajectory(key: str, seed: int, combine: str) -> tuple[np.ndarray, np.ndarra
     if e is not None:
         t = e.tensors
         return t["trajectory"].numpy(), t["timesteps"].numpy(), e.seconds("sample")
-    _, traj, _, seconds = _sampled(key, seed, combine)
+    with render.computing("Sampling ..."):
+        _, traj, _, seconds = _sampled(key, seed, combine)
     return traj, explorer(key, combine).chain().timesteps.numpy(), seconds
 
 
@@ -311,7 +314,8 @@ def mixture_loglik(key: str, seed: int) -> np.ndarray:
     e = _entry(key, seed, "mixture")
     if e is not None and e.mixture_loglik is not None:
         return e.mixture_loglik.numpy()
-    return _sampled(key, seed, "mixture")[2]
+    with render.computing("Sampling ..."):
+        return _sampled(key, seed, "mixture")[2]
 
 
 def member_samples(key: str, seed: int, combine: str) -> tuple[np.ndarray, float]:
@@ -327,7 +331,7 @@ def member_samples(key: str, seed: int, combine: str) -> tuple[np.ndarray, float
     return run_job(("members", key, seed, combine), work, "Sampling every member alone ...", -1)
 
 
-@st.cache_data(show_spinner="Running the counterfactual chain ...", max_entries=256)
+@st.cache_data(show_spinner=False, max_entries=256)
 def _counterfactual(key: str, seed: int, active: tuple[bool, ...], combine: str):
     ex = explorer(key, combine)
     w = ex.weights_for(active=list(active))
@@ -344,7 +348,8 @@ def counterfactual(key: str, seed: int, active: tuple[bool, ...], combine: str):
     cf = None if e is None else e.counterfactual(active)
     if cf is not None:
         return cf, e.seconds("home_counterfactual")
-    return _counterfactual(key, seed, active, combine)
+    with render.computing("Running the counterfactual chain ..."):
+        return _counterfactual(key, seed, active, combine)
 
 
 def attribution(key: str, seed: int, method: str, combine: str):
@@ -411,7 +416,7 @@ def live_evaluation(key: str, combine: str, sizes) -> dict:
     return run_job(("live", key, combine, repr(sizes)), work, "Evaluating ...", priority=2)
 
 
-@st.cache_data(show_spinner="Counterfactuals of the top images ...", max_entries=256)
+@st.cache_data(show_spinner=False, max_entries=256)
 def _counterfactuals(key, seed, method, verified_m, rows, exact, combine, _att) -> np.ndarray:
     from tda.attribution import counterfactuals_for, counterfactuals_need_chains
 
@@ -436,7 +441,8 @@ def counterfactuals(
         if verified_m
         else attribution(key, seed, method, combine)
     )
-    return _counterfactuals(key, seed, method, verified_m, rows, exact, combine, att)
+    with render.computing("Counterfactuals of the top images ..."):
+        return _counterfactuals(key, seed, method, verified_m, rows, exact, combine, att)
 
 
 # -- the sidebar every page shows ------------------------------------------------------
@@ -456,6 +462,42 @@ class Context:
     @property
     def run(self):
         return self.explorer.run
+
+
+CHOICE_BUTTONS = 4  # a sidebar choice of at most this many options, each at most
+CHOICE_CHARS = 14  # this long, is a row of buttons; more, a select box
+
+
+def choice(label: str, options: list[str], key: str, on_change: Callable, help: str):
+    """One of the options, kept in `st.session_state[key]` (set before, by `keep`).
+
+    A few short options (shown without the folder they share) are a segmented control:
+    every option in sight, one click, and light for a browser. A select box's JavaScript (130 kB, fetched and compiled by every
+    visitor's browser on the first page) cost 0.25 s of CPU per visit with 20 browsers on
+    the server's two cores, a quarter of what separated Home from the trivial app
+    (benchmarks/README.md). A segmented control can be clicked off; the option stays.
+    """
+    folder = os.path.commonprefix(options)
+    folder = folder[: folder.rfind("/") + 1]  # "assets/" when every run is from assets/
+
+    def shown(option: str) -> str:
+        return option[len(folder):]
+
+    if len(options) > CHOICE_BUTTONS or max(len(shown(o)) for o in options) > CHOICE_CHARS:
+        return st.selectbox(label, options, key=key, on_change=on_change, help=help)
+
+    def changed() -> None:
+        if st.session_state.get(key) is None:  # clicked off: the option it had stays
+            st.session_state[key] = st.session_state.get(f"_kept_{key}", options[0])
+        else:
+            on_change()
+
+    if folder:
+        help = f"{help} All of these are in {folder}"
+    value = st.segmented_control(label, options, key=key, on_change=changed, help=help,
+                                 format_func=shown)
+    return value if value in options else options[0]
+
 
 
 def _random_seed() -> None:
@@ -504,7 +546,7 @@ def sidebar(title: str = "Home") -> Context:
     if st.session_state.get("_kept_run") not in labels:
         st.session_state["_kept_run"] = labels[0]
     with st.sidebar:
-        label = st.selectbox(
+        label = choice(
             "Run",
             labels,
             key="run",
@@ -542,13 +584,14 @@ def sidebar(title: str = "Home") -> Context:
     options = rules()
     rule = st.session_state.get("_kept_combine") or run_rule(base)
     st.session_state["combine"] = rule if rule in options else options[0]
-    combine = st.sidebar.selectbox(
-        "Combine",
-        options,
-        key="combine",
-        on_change=lambda: set_kept("combine", st.session_state["combine"]),
-        help=COMBINE_HELP,
-    )
+    with st.sidebar:
+        combine = choice(
+            "Combine",
+            options,
+            key="combine",
+            on_change=lambda: set_kept("combine", st.session_state["combine"]),
+            help=COMBINE_HELP,
+        )
     s = base.run.summary()
     st.sidebar.caption(
         f"{s['dataset']} · N = {s['N']} images · n = {s['n']} members · "
