@@ -67,11 +67,13 @@ render.chart("Show how far each ablation moved the sample",
              lambda: views.candidate_figure(test), "candidate")
 
 st.subheader("Which training images influenced it most?")
-c1, c2, c3 = st.columns([2, 2, 4])
-method = c1.selectbox("Method", METHODS, key="method", on_change=state.keep("method", "jacobian"))
+method = state.choice("Method", METHODS, key="method", on_change=state.keep("method", "jacobian"),
+                      help="How each training image's influence is scored.",
+                      most=len(METHODS), longest=max(map(len, METHODS)))
+c1, c2 = st.columns([2, 6], vertical_alignment="bottom")
 kmax = min(ctx.limits.top_k, run.N)
-k = c2.slider("Top k", 1, kmax, key="topk", on_change=state.keep("topk", 8, (1, kmax)))
-c3.caption(HELP.get(method, ""))
+k = c1.slider("Top k", 1, kmax, key="topk", on_change=state.keep("topk", 8, (1, kmax)))
+c2.caption(f"**{method}**: {HELP.get(method, '')}")
 
 base = state.cached_attribution(key, seed, method, rule)
 if base is None:

@@ -38,8 +38,11 @@ st.title("Training set")
 # -- browse ------------------------------------------------------------------------------
 st.subheader("Browse")
 labels = sorted({int(x) for x in run.labels})
-f1, f2, f3 = st.columns([2, 1, 3])
-label = f1.selectbox("Label", ["all", *labels], key="browse_label")
+shown_label = state.choice("Label", ["all", *map(str, labels)], key="browse_label",
+                           on_change=lambda: None, help="Only the images of one label.",
+                           most=16, longest=4)
+label = "all" if shown_label == "all" else int(shown_label)
+f2, f3 = st.columns([1, 4], vertical_alignment="bottom")
 rows = np.arange(run.N) if label == "all" else np.flatnonzero(run.labels == label)
 pages = max(1, -(-len(rows) // PAGE_SIZE))
 page = f2.number_input(f"Page (of {pages})", 1, pages, 1, key=f"browse_page_{label}")

@@ -157,7 +157,7 @@ def test_generate_shows_sample_trajectory_members_and_follows_the_seed(
     caps = captions(at)
     assert caps[0] == "full ensemble, 10 steps"
     assert caps[1].startswith("after step 10/10")
-    (frames, frame_caps), (members, member_caps) = sheets
+    (frames, frame_caps), (members, member_caps) = sheets[-2:]  # after Home's
     assert frame_caps == [f"step {k}" for k in range(11)]
     traj = tiny_explorer.trajectory(0)
     assert all(np.allclose(f, traj[k], atol=1e-6) for k, f in enumerate(frames))
@@ -261,7 +261,7 @@ def test_exact_counterfactual_chains_run_in_a_worker_and_are_exact(app_env, shee
 
 def test_attribution_methods_verification_and_comparison(app_env, sheets):
     at = open_app("attribution")
-    assert at.selectbox(key="method").value == "jacobian"
+    assert at.segmented_control(key="method").value == "jacobian"
     _check_attribution_page(at, sheets)
     assert all(s.endswith("(approximate)") for s in markdown(at) if s.startswith("score **"))
     badges = [s for s in markdown(at) if "-badge[" in s]
@@ -273,16 +273,16 @@ def test_attribution_methods_verification_and_comparison(app_env, sheets):
     assert len(charts) == 2 and "How far each ablation" in charts[0]
 
     for method in ("last-step", "individual"):
-        at.selectbox(key="method").set_value(method).run()
+        at.segmented_control(key="method").set_value(method).run()
         _check_attribution_page(at, sheets)
         assert any(f"Method **{method}**" in c.value for c in at.caption)
 
-    at.selectbox(key="method").set_value("nearest").run()
+    at.segmented_control(key="method").set_value("nearest").run()
     _check_attribution_page(at, sheets)
     assert "no noise floor" in " ".join(markdown(at))
     assert any("pixel similarity" in m.value for m in at.info)
 
-    at.selectbox(key="method").set_value("exact").run()
+    at.segmented_control(key="method").set_value("exact").run()
     assert len(images(at)) == 1  # the candidate sheet; scores wait for the button
     assert any("one full chain per training image" in m.value for m in at.info)
     next(b for b in at.button if b.label.startswith("Compute exact")).click().run()
@@ -290,7 +290,7 @@ def test_attribution_methods_verification_and_comparison(app_env, sheets):
     assert "(exact)" in " ".join(markdown(at))
     assert not [b for b in at.button if b.label.startswith("Verify")]
 
-    at.selectbox(key="method").set_value("jacobian").run()  # exact is cached: scatter + rho
+    at.segmented_control(key="method").set_value("jacobian").run()  # exact is cached: scatter + rho
     _check_attribution_page(at, sheets)
     m = metrics(at)
     assert -1.0 <= float(m["Spearman ρ vs exact"]) <= 1.0
@@ -313,7 +313,7 @@ def test_ablation_toggles_members_and_removes_images(app_env, tiny_explorer):
     at = open_app("ablation")
     assert metrics(at)["Members on"] == "6/6"
     assert metrics(at)["Distance ‖y′ − y‖"] == "0.0000"
-    assert len(images(at)) == 2
+    assert len(images(at)) == 3
 
     at.toggle(key="member_0").set_value(False).run()
     assert metrics(at)["Members on"] == "5/6"
@@ -359,7 +359,8 @@ def test_training_set_browse_pick_and_search(app_env, tiny_explorer, sheets):
     assert shown_caps == [f"#{j}: {int(run.labels[j])}" for j in range(16)]
     assert all(np.array_equal(im, run.images[j]) for j, im in enumerate(shown))
 
-    at.selectbox(key="browse_label").set_value(3).run()
+    assert at.segmented_control(key="browse_label").value == "all"  # shown chosen
+    at.segmented_control(key="browse_label").set_value("3").run()
     assert sheets[-3][1] == ["#6: 3", "#7: 3"]  # then the two sheets of neighbours
     assert captions(at)[:2] == ["#index: label", "#0 · label 0"]  # then the picked image
 

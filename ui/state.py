@@ -24,7 +24,7 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -468,35 +468,44 @@ CHOICE_BUTTONS = 4  # a sidebar choice of at most this many options, each at mos
 CHOICE_CHARS = 14  # this long, is a row of buttons; more, a select box
 
 
-def choice(label: str, options: list[str], key: str, on_change: Callable, help: str):
+def choice(label: str, options: Sequence[str], key: str, on_change: Callable, help: str,
+           most: int | None = None, longest: int | None = None):
     """One of the options, kept in `st.session_state[key]` (set before, by `keep`).
 
-    A few short options (shown without the folder they share) are a segmented control:
-    every option in sight, one click, and light for a browser. A select box's JavaScript (130 kB, fetched and compiled by every
-    visitor's browser on the first page) cost 0.25 s of CPU per visit with 20 browsers on
+    At most `most` options of at most `longest` characters (shown without the folder
+    they share) are a segmented control: every option in sight, one click, and light for
+    a browser. A select box's JavaScript (130 kB, fetched and compiled by every visitor's
+    browser on its first page with one) cost 0.25 s of CPU per visit with 20 browsers on
     the server's two cores, a quarter of what separated Home from the trivial app
     (benchmarks/README.md). A segmented control can be clicked off; the option stays.
     """
-    folder = os.path.commonprefix(options)
+    folder = os.path.commonprefix(list(options))
     folder = folder[: folder.rfind("/") + 1]  # "assets/" when every run is from assets/
 
     def shown(option: str) -> str:
         return option[len(folder):]
 
-    if len(options) > CHOICE_BUTTONS or max(len(shown(o)) for o in options) > CHOICE_CHARS:
+    options = list(options)
+    most = CHOICE_BUTTONS if most is None else most
+    longest = CHOICE_CHARS if longest is None else longest
+    if len(options) > most or max(len(shown(o)) for o in options) > longest:
         return st.selectbox(label, options, key=key, on_change=on_change, help=help)
 
     def changed() -> None:
         if st.session_state.get(key) is None:  # clicked off: the option it had stays
-            st.session_state[key] = st.session_state.get(f"_kept_{key}", options[0])
+            st.session_state[key] = st.session_state.get(f"_chosen_{key}", options[0])
         else:
             on_change()
 
+    if st.session_state.get(key) not in options:  # shown chosen from the start
+        st.session_state[key] = st.session_state.get(f"_chosen_{key}", options[0])
     if folder:
         help = f"{help} All of these are in {folder}"
     value = st.segmented_control(label, options, key=key, on_change=changed, help=help,
                                  format_func=shown)
-    return value if value in options else options[0]
+    value = value if value in options else options[0]
+    st.session_state[f"_chosen_{key}"] = value
+    return value
 
 
 
