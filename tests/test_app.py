@@ -548,6 +548,16 @@ def test_the_rule_defaults_to_the_runs_own(app_env):
     assert "mixture: weight members" in at.segmented_control(key="combine").proto.help
 
 
+def test_a_page_that_computes_holds_still(app_env):
+    """A seed that is not precomputed: the page says what it computes in a still line,
+    and draws the style that stops spinners, progress glides and the running icon."""
+    at = open_app("generate")
+    styles = [m.value for m in at.markdown if m.proto.allow_html]
+    assert styles and all(v == render.STILL for v in styles)
+    assert "stStatusWidgetRunningIcon" in render.STILL and "stSpinnerIcon" in render.STILL
+    assert not at.get("spinner")  # no turning cache spinner was drawn
+
+
 def test_a_choice_clicked_off_keeps_its_option(app_env):
     at = open_app("generate")
     at.segmented_control(key="combine").set_value("mixture").run()

@@ -77,9 +77,13 @@ def test_home_page_tells_whether_samples_are_attributable(monkeypatch):
                         lambda *a, **k: chains.append(a[3]) or real(*a, **k))
     at = AppTest.from_file(str(root / "app.py"), default_timeout=120).run()
     assert not at.exception
+    # nothing waits, so no page draws raw HTML (its parser is JavaScript every browser
+    # would load first): not the still style of waiting pages, nor anything else
+    assert not any(m.proto.allow_html for m in at.markdown)
     for page in ("generate", "attribution"):
         at.switch_page(BY_URL[page].path).run()
         assert not at.exception, at.exception
+        assert not any(m.proto.allow_html for m in at.markdown), page
     assert not chains, "a featured page ran chains: python -m tda precompute --run assets/default"
     at.switch_page(BY_URL[""].path).run()
     shown = " ".join(w.value for w in (*at.warning, *at.success))

@@ -18,15 +18,17 @@ NOISE_ALPHA = 0.05  # a real score with p below this is shown as above the noise
 STILL = """<style>
 [data-testid="stProgress"] * { transition: none !important; }
 [data-testid="stSpinnerIcon"] { animation: none !important; }
+[data-testid="stStatusWidgetRunningIcon"] { display: none !important; }
 </style>"""
 
 
 def still() -> None:
     """Waiting shows no motion of its own: progress bars jump instead of gliding and
-    spinners stand still (their text says what runs; the status widget still shows the
-    page is running). A turning spinner kept its browser drawing frames, 7.5% of a core
-    per waiting page against 3% standing (benchmarks/README.md); with ten visitors
-    waiting for their own seeds beside ten on featured ones, the featured Home came 14 s
+    spinners stand still (their text says what runs), and the status widget in the
+    corner says "Running..." without its moving icon. A turning spinner kept its browser
+    drawing frames, 7.5% of a core per waiting page against 3% standing, and the icon
+    3.5% against 1.1% (benchmarks/README.md); with ten visitors waiting for their own
+    seeds beside ten on featured ones, the spinners alone made the featured Home 14 s
     later. Drawn only by a page that waits (`ui.state.run_job`, `computing`): a style
     sheet needs raw HTML in markdown, whose parser is 190 kB of JavaScript that every
     browser fetches and compiles on its first such page (0.1 s of CPU per visitor at
@@ -35,10 +37,15 @@ def still() -> None:
 
 
 @contextlib.contextmanager
-def computing(text: str):
+def computing(text: str, when: bool = True):
     """A still line saying what the page computes, gone when it is done; for cached
-    computations (st.cache_data's own spinner turns, see `still`)."""
+    computations (st.cache_data's own spinner turns, see `still`). Nothing unless
+    `when` (work that never waits draws nothing)."""
+    if not when:
+        yield
+        return
     box = st.empty()
+    still()
     box.caption(f":material/hourglass_top: {text}")
     try:
         yield

@@ -441,7 +441,10 @@ def counterfactuals(
         if verified_m
         else attribution(key, seed, method, combine)
     )
-    with render.computing("Counterfactuals of the top images ..."):
+    from tda.attribution import counterfactuals_need_chains
+
+    chains = counterfactuals_need_chains(att, list(rows), exact)  # else a matrix product
+    with render.computing("Counterfactuals of the top images ...", when=chains):
         return _counterfactuals(key, seed, method, verified_m, rows, exact, combine, att)
 
 
