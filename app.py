@@ -95,13 +95,9 @@ render.chart("Interactive code matrix (hover for each image)",
 st.subheader("How a counterfactual works")
 code = run.codes[0]
 st.image(pictures.weights_image(code, 0), output_format="PNG")
-# an explainer, instant for everyone: on a seed of its own, Home shows a featured seed
-# (precomputed); the visitor's own seed is computed on the pages that are about it
-ready = state.featured_seeds(ctx.key, ctx.combine)
-demo = ctx.seed if not ready or ctx.seed in ready else ready[0]
-cf, _ = state.counterfactual(ctx.key, demo, tuple(bool(b) for b in code == 0), ctx.combine)
+cf, _ = state.counterfactual(ctx.key, ctx.seed, tuple(bool(b) for b in code == 0), ctx.combine)
 c = st.columns([4, 3])
-names = ["training image #0", f"sample (seed {demo})", "without image #0", "residual"]
+names = ["training image #0", f"sample (seed {ctx.seed})", "without image #0", "residual"]
 with c[0]:  # one picture, captions drawn in (and said below it), not four
     render.sheet([views.to_image(run.images[0], 128), views.to_image(cf.sample, 128),
                   views.to_image(cf.counterfactual, 128), views.residual_image(cf.residual, 128)],
@@ -119,11 +115,6 @@ c[1].markdown(
     "by no image) measure the noise floor."
 )
 
-if demo != ctx.seed:
-    st.caption(
-        f"Shown on featured seed {demo}, ready at once. Seed {ctx.seed}'s own sample and "
-        "its counterfactuals are on Generate, Attribution and the Ablation lab."
-    )
 st.caption(
     "Next, in the sidebar: **Generate** a sample, **Attribute** it, switch members off in "
     "the **Ablation lab**, or browse the **Training set**. The links keep this run, seed "
