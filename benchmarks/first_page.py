@@ -1,0 +1,111 @@
+"""K browsers open Home at once, tda then the trivial app: the first page of a class.
+
+    PYTHONPATH=. python benchmarks/first_page.py [--sessions 20] [--app app.py]
+
+The full load test (`load.py`) takes ~8 minutes and mixes Home with the pages after
+it. This isolates Home on featured seed 0 (~1.5 minutes for both apps): p50 / p95 / max
+seconds to a finished page and where the browsers' CPU went, summed over the threads of
+every chromium process (renderer main threads, their thread pools: V8's compiles and
+GC, compositors; the browser and GPU processes) before any context closes. `--app`
+measures another version of the app (a copy with one part removed, say) in its place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import load  # noqa: E402 - the load test's server, trivial app and page checks
+
+
+def chromium_threads() -> collections.Counter:
+    """CPU seconds so far of every chromium thread, by (process type, thread name)."""
+    out: collections.Counter = collections.Counter()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="ignore")
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        if "chrom" not in cmd.split("\0")[0]:
+            continue
+        kind = next((t for t in ("renderer", "gpu-process", "utility") if f"--type={t}" in cmd),
+                    "other" if "--type=" in cmd else "browser")
+        for tid in tasks:
+            try:
+                stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            except OSError:
+                continue
+            name = stat[stat.index("(") + 1 : stat.rindex(")")].rstrip("0123456789")
+            out[(kind, name)] += load.stat_cpu_s(stat)
+    return out
+
+
+async def visit(browser, url: str, seconds: list[float]):
+    context = await browser.new_context(viewport={"width": 1400, "height": 900})
+    page = await context.new_page()
+    page.set_default_timeout(load.PAGE_TIMEOUT_S * 1000)
+    t0 = time.perf_counter()
+    await page.goto(f"{url}/?seed=0")
+    await load.finished(page, "Home")
+    seconds.append(time.perf_counter() - t0)
+    return context
+
+
+async def round_of(url: str, k: int) -> tuple[list[float], collections.Counter]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(
+            executable_path=load.CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-dev-shm-usage"],
+        )
+        try:
+            await load.warm(browser, url)
+            seconds: list[float] = []
+            before = chromium_threads()
+            contexts = await asyncio.gather(*(visit(browser, url, seconds) for _ in range(k)))
+            cpu = chromium_threads()
+            cpu.subtract(before)
+            for c in contexts:
+                await c.close()
+        finally:
+            await browser.close()
+    return sorted(seconds), cpu
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sessions", type=int, default=20)
+    ap.add_argument("--app", type=Path, default=load.ROOT / "app.py", help="tda's app.py")
+    ap.add_argument("--assets", type=Path, default=load.ROOT / "assets")
+    a = ap.parse_args(argv)
+    env = {"TDA_ASSETS": str(a.assets.resolve()), "TDA_RUNS": ""}
+    with tempfile.TemporaryDirectory(prefix="tda-first-") as tmp:
+        tmp = Path(tmp)
+        for label, app in (("tda", a.app.resolve()), ("trivial", load.trivial_app(tmp / "t"))):
+            server = load.Server(app, env, tmp / f"{label}.log")
+            try:
+                xs, cpu = asyncio.run(round_of(server.url, a.sessions))
+            finally:
+                server.stop()
+            k = a.sessions
+            print(f"{label}, {k} at once: p50 {statistics.median(xs):.1f} / p95 "
+                  f"{load.quantile(xs, 0.95):.1f} / max {xs[-1]:.1f} s; browser CPU per "
+                  f"visit {sum(cpu.values()) / k:.2f} s, of which")
+            for (kind, name), s in cpu.most_common(6):
+                print(f"  {s / k:.2f} s  {kind} {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
