@@ -42,7 +42,7 @@ c_, h_, w_ = run.image_shape
 replay = run.config.train.replay
 # the facts as one paragraph and one caption, the candidate test as an alert and a caption:
 # with 20 visitors' browsers on the server's two cores, each table, picture or link row
-# on this first page cost every visitor time (benchmarks/README.md, "A lighter Home")
+# on this first page cost every visitor time (benchmarks/README.md, "A lighter first page")
 st.markdown(
     f"**{s['N']:,} training images** (N) · **{s['n']} members** (n) · each image seen by "
     f"**h = {s['h']}** members · {s['dataset']}, {h_}×{w_} px, {c_} channel(s) · "

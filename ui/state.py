@@ -287,14 +287,20 @@ def _sampled(key: str, seed: int, combine: str):
     return y, traj, loglik, seconds
 
 
-def ensemble_sample(key: str, seed: int, combine: str) -> tuple[np.ndarray, float]:
-    """The full ensemble's sample and the seconds it took (precomputed if featured)."""
+def _ensemble_sample(key: str, seed: int, combine: str) -> tuple[np.ndarray, float]:
+    """`ensemble_sample` drawing nothing: for cached functions, whose elements Streamlit
+    would record and draw again on every hit."""
     e = _entry(key, seed, combine)
     if e is not None:
         return e.sample.numpy(), e.seconds("sample")
-    with render.computing("Sampling ..."):
-        y, _, _, seconds = _sampled(key, seed, combine)
+    y, _, _, seconds = _sampled(key, seed, combine)
     return y, seconds
+
+
+def ensemble_sample(key: str, seed: int, combine: str) -> tuple[np.ndarray, float]:
+    """The full ensemble's sample and the seconds it took (precomputed if featured)."""
+    with render.computing("Sampling ...", when=_entry(key, seed, combine) is None):
+        return _ensemble_sample(key, seed, combine)
 
 
 def trajectory(key: str, seed: int, combine: str) -> tuple[np.ndarray, np.ndarray, float]:
@@ -336,7 +342,7 @@ def _counterfactual(key: str, seed: int, active: tuple[bool, ...], combine: str)
     ex = explorer(key, combine)
     w = ex.weights_for(active=list(active))
     t = time.perf_counter()
-    base = torch.as_tensor(ensemble_sample(key, seed, combine)[0])
+    base = torch.as_tensor(_ensemble_sample(key, seed, combine)[0])
     y = base.clone() if torch.equal(w, u0(ex.n)) else torch.from_numpy(
         _pool("page").call(key, combine, "y", w, seed)[0])
     return Counterfactual(base, y, w, unseen_rows(ex.run.codes, w)), time.perf_counter() - t
