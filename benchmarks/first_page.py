@@ -64,11 +64,7 @@ async def round_of(url: str, k: int) -> tuple[list[float], collections.Counter]:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
-        browser = await p.chromium.launch(
-            executable_path=load.CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-dev-shm-usage"],
-        )
+        browser = await load.launch(p)
         try:
             await load.warm(browser, url)
             seconds: list[float] = []

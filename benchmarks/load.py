@@ -310,21 +310,22 @@ async def warm(browser, url: str) -> float:
     return time.perf_counter() - t0
 
 
+async def launch(playwright):
+    """The Debian chromium, headless, as every benchmark here drives it."""
+    return await playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-dev-shm-usage"],
+    )
+
+
 async def drive(url: str, seeds: list[tuple[int, str]], warm_first: bool) -> tuple[list, float]:
     from playwright.async_api import async_playwright
 
     out: list[dict] = []
     first = float("nan")
     async with async_playwright() as p:
-        browser = await p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-dev-shm-usage",
-            ],
-        )
+        browser = await launch(p)
         try:
             if warm_first:
                 first = await warm(browser, url)

@@ -64,11 +64,7 @@ async def measure(server, seed: int, repeat: int) -> dict[str, dict[str, float]]
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
-        browser = await p.chromium.launch(
-            executable_path=load.CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-dev-shm-usage"],
-        )
+        browser = await load.launch(p)
         try:
             await load.warm(browser, server.url)
             visits = [await visit(browser, server, seed) for _ in range(repeat)]
