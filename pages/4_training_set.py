@@ -39,8 +39,7 @@ st.title("Training set")
 st.subheader("Browse")
 labels = sorted({int(x) for x in run.labels})
 shown_label = state.choice("Label", ["all", *map(str, labels)], key="browse_label",
-                           on_change=lambda: None, help="Only the images of one label.",
-                           most=16, longest=4)
+                           help="Only the images of one label.", most=16, longest=4)
 label = "all" if shown_label == "all" else int(shown_label)
 f2, f3 = st.columns([1, 4], vertical_alignment="bottom")
 rows = np.arange(run.N) if label == "all" else np.flatnonzero(run.labels == label)

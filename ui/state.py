@@ -477,9 +477,11 @@ CHOICE_BUTTONS = 4  # a sidebar choice of at most this many options, each at mos
 CHOICE_CHARS = 14  # this long, is a row of buttons; more, a select box
 
 
-def choice(label: str, options: Sequence[str], key: str, on_change: Callable, help: str,
-           most: int | None = None, longest: int | None = None):
-    """One of the options, kept in `st.session_state[key]` (set before, by `keep`).
+def choice(label: str, options: Sequence[str], key: str, help: str,
+           on_change: Callable | None = None, most: int | None = None,
+           longest: int | None = None):
+    """One of the options, in `st.session_state[key]` (set before by `keep` for a value
+    that follows the visitor across pages; else the last one chosen, or the first).
 
     At most `most` options of at most `longest` characters (shown without the folder
     they share) are a segmented control: every option in sight, one click, and light for
@@ -488,13 +490,13 @@ def choice(label: str, options: Sequence[str], key: str, on_change: Callable, he
     the server's two cores, a quarter of what separated Home from the trivial app
     (benchmarks/README.md). A segmented control can be clicked off; the option stays.
     """
-    folder = os.path.commonprefix(list(options))
+    options = list(options)
+    folder = os.path.commonprefix(options)
     folder = folder[: folder.rfind("/") + 1]  # "assets/" when every run is from assets/
 
     def shown(option: str) -> str:
         return option[len(folder):]
 
-    options = list(options)
     most = CHOICE_BUTTONS if most is None else most
     longest = CHOICE_CHARS if longest is None else longest
     if len(options) > most or max(len(shown(o)) for o in options) > longest:
@@ -503,7 +505,7 @@ def choice(label: str, options: Sequence[str], key: str, on_change: Callable, he
     def changed() -> None:
         if st.session_state.get(key) is None:  # clicked off: the option it had stays
             st.session_state[key] = st.session_state.get(f"_chosen_{key}", options[0])
-        else:
+        elif on_change is not None:
             on_change()
 
     if st.session_state.get(key) not in options:  # shown chosen from the start
@@ -515,7 +517,6 @@ def choice(label: str, options: Sequence[str], key: str, on_change: Callable, he
     value = value if value in options else options[0]
     st.session_state[f"_chosen_{key}"] = value
     return value
-
 
 
 def _random_seed() -> None:
