@@ -1,6 +1,7 @@
 """K browsers open Home at once, tda then the trivial app: the first page of a class.
 
     PYTHONPATH=. python benchmarks/first_page.py [--sessions 20] [--app app.py]
+    PYTHONPATH=. python benchmarks/first_page.py --together 4   # both apps in each round
 
 The full load test (`load.py`) takes ~8 minutes and mixes Home with the pages after
 it. This isolates Home on featured seed 0 (~1.5 minutes for both apps): p50 / p95 / max
@@ -8,6 +9,11 @@ seconds to a finished page and where the browsers' CPU went, summed over the thr
 every chromium process (renderer main threads, their thread pools: V8's compiles and
 GC, compositors; the browser and GPU processes) before any context closes. `--app`
 measures another version of the app (a copy with one part removed, say) in its place.
+
+`--together R`: R rounds in which the K browsers open Home at the same moment, every
+other one on tda and the rest on the trivial app (both servers up): both apps meet
+exactly the same machine, which one app after the other does not (this machine's speed
+drifts within minutes). Prints each round's p50 / p95 of both and the difference.
 """
 
 from __future__ import annotations
@@ -79,15 +85,63 @@ async def round_of(url: str, k: int) -> tuple[list[float], collections.Counter]:
     return sorted(seconds), cpu
 
 
+async def together(urls: dict[str, str], k: int, rounds: int) -> list[dict[str, list[float]]]:
+    """`rounds` rounds of k browsers opening Home at once, alternately on each app."""
+    from playwright.async_api import async_playwright
+
+    out = []
+    async with async_playwright() as p:
+        browser = await load.launch(p)
+        try:
+            for url in urls.values():
+                await load.warm(browser, url)
+            labels = list(urls)
+            for _ in range(rounds):
+                seconds: dict[str, list[float]] = {label: [] for label in labels}
+                plan = [labels[i % len(labels)] for i in range(k)]
+                contexts = await asyncio.gather(
+                    *(visit(browser, urls[label], seconds[label]) for label in plan))
+                for c in contexts:
+                    await c.close()
+                out.append({label: sorted(xs) for label, xs in seconds.items()})
+                await asyncio.sleep(3)  # the closed contexts' processes end
+        finally:
+            await browser.close()
+    return out
+
+
+def main_together(app: Path, env: dict, k: int, rounds: int, tmp: Path) -> None:
+    servers = {"tda": load.Server(app, env, tmp / "tda.log")}
+    try:
+        servers["trivial"] = load.Server(load.trivial_app(tmp / "t"), env, tmp / "t.log")
+        result = asyncio.run(together({n: s.url for n, s in servers.items()}, k, rounds))
+    finally:
+        for s in servers.values():
+            s.stop()
+    diffs = []
+    for i, r in enumerate(result, 1):
+        p95 = {n: load.quantile(xs, 0.95) for n, xs in r.items()}
+        diffs.append(p95["tda"] - p95["trivial"])
+        print(f"round {i}: " + "; ".join(
+            f"{n} ({len(xs)}) p50 {statistics.median(xs):.1f} / p95 {p95[n]:.1f} s"
+            for n, xs in r.items()) + f"; tda p95 over the trivial app's {diffs[-1]:+.1f} s")
+    print(f"median over {len(diffs)} rounds: {statistics.median(diffs):+.1f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=20)
     ap.add_argument("--app", type=Path, default=load.ROOT / "app.py", help="tda's app.py")
     ap.add_argument("--assets", type=Path, default=load.ROOT / "assets")
+    ap.add_argument("--together", type=int, default=0, metavar="R",
+                    help="R rounds with both apps' browsers at once (see above)")
     a = ap.parse_args(argv)
     env = {"TDA_ASSETS": str(a.assets.resolve()), "TDA_RUNS": ""}
     with tempfile.TemporaryDirectory(prefix="tda-first-") as tmp:
         tmp = Path(tmp)
+        if a.together:
+            main_together(a.app.resolve(), env, a.sessions, a.together, tmp)
+            return 0
         for label, app in (("tda", a.app.resolve()), ("trivial", load.trivial_app(tmp / "t"))):
             server = load.Server(app, env, tmp / f"{label}.log")
             try:
