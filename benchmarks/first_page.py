@@ -66,27 +66,10 @@ async def visit(browser, url: str, seconds: list[float]):
     return context
 
 
-async def round_of(url: str, k: int) -> tuple[list[float], collections.Counter]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        browser = await load.launch(p)
-        try:
-            await load.warm(browser, url)
-            seconds: list[float] = []
-            before = chromium_threads()
-            contexts = await asyncio.gather(*(visit(browser, url, seconds) for _ in range(k)))
-            cpu = chromium_threads()
-            cpu.subtract(before)
-            for c in contexts:
-                await c.close()
-        finally:
-            await browser.close()
-    return sorted(seconds), cpu
-
-
-async def together(urls: dict[str, str], k: int, rounds: int) -> list[dict[str, list[float]]]:
-    """`rounds` rounds of k browsers opening Home at once, alternately on each app."""
+async def rounds_of(urls: dict[str, str], k: int, rounds: int = 1) -> list[dict]:
+    """`rounds` rounds of k browsers opening Home at once, alternately on each app in
+    `urls` (after one warm-up visit of each): per round, the sorted seconds per app and
+    the chromium CPU (by process type and thread) before any context closes."""
     from playwright.async_api import async_playwright
 
     out = []
@@ -98,12 +81,15 @@ async def together(urls: dict[str, str], k: int, rounds: int) -> list[dict[str, 
             labels = list(urls)
             for _ in range(rounds):
                 seconds: dict[str, list[float]] = {label: [] for label in labels}
+                before = chromium_threads()
                 plan = [labels[i % len(labels)] for i in range(k)]
                 contexts = await asyncio.gather(
-                    *(visit(browser, urls[label], seconds[label]) for label in plan))
+                    *(visit(browser, urls[n], seconds[n]) for n in plan))
+                cpu = chromium_threads()
+                cpu.subtract(before)
                 for c in contexts:
                     await c.close()
-                out.append({label: sorted(xs) for label, xs in seconds.items()})
+                out.append({"seconds": {n: sorted(xs) for n, xs in seconds.items()}, "cpu": cpu})
                 await asyncio.sleep(3)  # the closed contexts' processes end
         finally:
             await browser.close()
@@ -114,12 +100,12 @@ def main_together(app: Path, env: dict, k: int, rounds: int, tmp: Path) -> None:
     servers = {"tda": load.Server(app, env, tmp / "tda.log")}
     try:
         servers["trivial"] = load.Server(load.trivial_app(tmp / "t"), env, tmp / "t.log")
-        result = asyncio.run(together({n: s.url for n, s in servers.items()}, k, rounds))
+        result = asyncio.run(rounds_of({n: s.url for n, s in servers.items()}, k, rounds))
     finally:
         for s in servers.values():
             s.stop()
     diffs = []
-    for i, r in enumerate(result, 1):
+    for i, r in enumerate((r["seconds"] for r in result), 1):
         p95 = {n: load.quantile(xs, 0.95) for n, xs in r.items()}
         diffs.append(p95["tda"] - p95["trivial"])
         print(f"round {i}: " + "; ".join(
@@ -145,10 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         for label, app in (("tda", a.app.resolve()), ("trivial", load.trivial_app(tmp / "t"))):
             server = load.Server(app, env, tmp / f"{label}.log")
             try:
-                xs, cpu = asyncio.run(round_of(server.url, a.sessions))
+                (r,) = asyncio.run(rounds_of({label: server.url}, a.sessions))
             finally:
                 server.stop()
-            k = a.sessions
+            k, xs, cpu = a.sessions, r["seconds"][label], r["cpu"]
             print(f"{label}, {k} at once: p50 {statistics.median(xs):.1f} / p95 "
                   f"{load.quantile(xs, 0.95):.1f} / max {xs[-1]:.1f} s; browser CPU per "
                   f"visit {sum(cpu.values()) / k:.2f} s, of which")
