@@ -21,6 +21,8 @@ warning in the server log, and the default is used.
 | TDA_THREADS             | 1           | torch threads of each page run and each job (they   |
 |                         |             | run side by side; two-thread ops on a busy 2-core   |
 |                         |             | machine were measured 10x slower than one)          |
+| TDA_NICE                | 10          | niceness (1-19) of the worker processes that run    |
+|                         |             | chains, so serving pages goes first                 |
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Limits:
     live_samples: int = 256
     live_seeds: int = 8
     threads: int = 1
+    nice: int = 10
 
 
 ENV = {
@@ -57,6 +60,7 @@ ENV = {
     "live_samples": "TDA_MAX_LIVE_SAMPLES",
     "live_seeds": "TDA_MAX_LIVE_SEEDS",
     "threads": "TDA_THREADS",
+    "nice": "TDA_NICE",
 }
 
 

@@ -187,13 +187,14 @@ def test_chains_run_in_niced_worker_processes_one_more_than_the_jobs(tiny_run_di
     import os
     from concurrent.futures import ThreadPoolExecutor
 
+    from tda.limits import limits
     from ui import state
 
     here = os.getpriority(os.PRIO_PROCESS, 0)
     key = state.run_key(str(tiny_run_dir))
     for lane in ("page", "job"):
         worker_nice, pid = state._pool(lane).call(key, None, "niceness")
-        assert pid != os.getpid() and worker_nice >= max(here, state.WORKER_NICE)
+        assert pid != os.getpid() and worker_nice >= max(here, limits().nice)
     assert os.getpriority(os.PRIO_PROCESS, 0) == here  # the server keeps its priority
     with ThreadPoolExecutor(8) as pages:  # eight page runs at once
         ran_in = set(pages.map(lambda _: state._pool("page").call(key, None, "niceness")[1],

@@ -68,7 +68,6 @@ POLL_S = 1.0  # a waiting page redraws its place in the queue or progress this o
 # changed progress bar costs its browser ~70 ms of CPU, and at two a second ten waiting
 # pages took more than a core from the browsers beside them (the load test's own seeds)
 RESULTS_KEPT = 256  # finished expensive results kept for everyone (least recently used go)
-WORKER_NICE = 10  # chains in worker processes yield the CPU to serving pages
 
 
 def assets_dir() -> Path:
@@ -209,7 +208,7 @@ def jobs() -> JobManager:
 @st.cache_resource
 def _workers() -> WorkerPool:
     """The server's worker processes (`tda.workers`), one more than the jobs that may run
-    at once (`Limits.jobs`, at most the cores), at nice 10: a page's own chains (a sample
+    at once (`Limits.jobs`, at most the cores), at niceness `Limits.nice`: a page's own chains (a sample
     with its trajectory, one counterfactual) take any free one before queued job calls,
     and jobs always leave one to pages. Chains never run in the server's threads, so a
     class's own seeds cannot hold the GIL or the CPU that serving ready pages (featured
@@ -217,7 +216,7 @@ def _workers() -> WorkerPool:
     diffusers and a run (about 100 MB of its own beside what the forkserver shares)."""
     lim = limits()
     jobs = max(1, min(lim.jobs, os.cpu_count() or 1))
-    return WorkerPool(jobs + 1, WORKER_NICE, lim.threads, "tda-worker")
+    return WorkerPool(jobs + 1, min(lim.nice, 19), lim.threads, "tda-worker")
 
 
 class _Lane:
