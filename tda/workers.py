@@ -28,6 +28,7 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
+import signal
 import threading
 import time
 from collections import OrderedDict
@@ -38,6 +39,7 @@ from typing import Any
 
 from . import TdaError
 from .executor import not_rerunning_main
+from .spare_cpu import SpareCpu
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,19 @@ def fewer_malloc_arenas(arenas: int = 2) -> bool:
     per session). False where this is not glibc."""
     libc = _libc()
     return bool(libc is not None and hasattr(libc, "mallopt") and libc.mallopt(-8, arenas))
+
+
+def die_with_parent() -> None:
+    """Linux: this process is killed when its parent (the forkserver, which ends with the
+    server) ends, even while stopped (`tda.spare_cpu` stops workers; a stopped process
+    never reads the end of its pipe)."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "prctl"):
+        return
+    parent = os.getppid()
+    libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    if os.getppid() != parent:  # it ended before the wish was made
+        os._exit(1)
 
 
 def give_back_freed_memory() -> None:
@@ -193,6 +208,7 @@ def _serve(conn, nice: int, threads: int) -> None:
 
     gc.freeze()  # what the forkserver imported stays shared: the collector never touches it
     fewer_malloc_arenas()
+    die_with_parent()
 
     yield_cpu(nice)
     torch.set_num_threads(threads)
@@ -261,6 +277,9 @@ class _Worker:
     def stop(self) -> None:
         with contextlib.suppress(OSError):
             self.conn.close()
+        if hasattr(signal, "SIGCONT"):  # a stopped process (`tda.spare_cpu`) reads no EOF
+            with contextlib.suppress(OSError):
+                os.kill(self.proc.pid, signal.SIGCONT)
         self.proc.join(5)
         if self.proc.is_alive():
             self.proc.kill()
@@ -277,10 +296,14 @@ class WorkerPool:
     most `size - 1` processes at once, so one is always left for pages (with `size` 1,
     they share it). Fewer processes than one pool per lane: each holds torch and a run."""
 
-    def __init__(self, size: int, nice: int = 0, threads: int = 1, name: str = "tda-worker"):
+    def __init__(self, size: int, nice: int = 0, threads: int = 1, name: str = "tda-worker",
+                 spare_cpu_s: float = 0.0):
         if size < 1:
             raise TdaError(f"a worker pool needs at least one process, got {size}")
         self.size, self.nice, self.threads, self.name = size, nice, threads, name
+        # with spare_cpu_s, the processes wait (up to that long in a row) while the rest
+        # of the machine keeps its cores busy (`tda.spare_cpu`)
+        self._spare = SpareCpu(lambda: self.pids, longest=spare_cpu_s) if spare_cpu_s else None
         if "forkserver" in mp.get_all_start_methods():
             self._ctx = mp.get_context("forkserver")
             # the forkserver imports these once; every worker forked from it shares them
@@ -367,6 +390,8 @@ class WorkerPool:
             self._give(w, lane, alive and w.proc.is_alive())
 
     def close(self) -> None:
+        if self._spare is not None:  # stopped processes would not see their pipe close
+            self._spare.close()
         with self._cv:
             self._closed = True
             workers, self._workers, self._idle = self._workers, [], []

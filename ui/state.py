@@ -208,15 +208,17 @@ def jobs() -> JobManager:
 @st.cache_resource
 def _workers() -> WorkerPool:
     """The server's worker processes (`tda.workers`), one more than the jobs that may run
-    at once (`Limits.jobs`, at most the cores), at niceness `Limits.nice`: a page's own chains (a sample
-    with its trajectory, one counterfactual) take any free one before queued job calls,
-    and jobs always leave one to pages. Chains never run in the server's threads, so a
+    at once (`Limits.jobs`, at most the cores), at niceness `Limits.nice` and on spare
+    CPU only (`Limits.spare_cpu_s`, `tda.spare_cpu`): a page's own chains (a sample with
+    its trajectory, one counterfactual) take any free one before queued job calls, and
+    jobs always leave one to pages. Chains never run in the server's threads, so a
     class's own seeds cannot hold the GIL or the CPU that serving ready pages (featured
     seeds, cached results) needs. One pool, not one per lane: each process holds torch,
     diffusers and a run (about 100 MB of its own beside what the forkserver shares)."""
     lim = limits()
     jobs = max(1, min(lim.jobs, os.cpu_count() or 1))
-    return WorkerPool(jobs + 1, min(lim.nice, 19), lim.threads, "tda-worker")
+    return WorkerPool(jobs + 1, min(lim.nice, 19), lim.threads, "tda-worker",
+                      spare_cpu_s=lim.spare_cpu_s)
 
 
 class _Lane:

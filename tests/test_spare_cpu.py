@@ -1,0 +1,93 @@
+"""tda.spare_cpu: processes stopped while the rest of the machine keeps its cores busy."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tda.spare_cpu import SpareCpu
+
+pytestmark = pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux /proc")
+
+SPIN = "while True: pass"
+IDLE = "import time\nwhile True: time.sleep(0.01)"
+
+
+def _state(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2]
+
+
+def _until(cond, timeout: float = 10.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def spawn():
+    procs = []
+
+    def start(code: str) -> subprocess.Popen:
+        procs.append(subprocess.Popen([sys.executable, "-c", code]))
+        return procs[-1]
+
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def test_a_watched_process_waits_while_others_fill_the_cores_and_goes_on_after(spawn):
+    watched = spawn(IDLE)
+    spare = SpareCpu(lambda: [watched.pid], longest=60)
+    try:
+        time.sleep(1.0)
+        assert _state(watched.pid) != "T"  # a quiet machine: it runs
+        burners = [spawn(SPIN) for _ in range(os.cpu_count() or 1)]
+        assert _until(lambda: _state(watched.pid) == "T"), "not stopped on a full machine"
+        assert spare.stopped and spare.stops >= 1
+        for b in burners:
+            b.kill()
+            b.wait()
+        assert _until(lambda: _state(watched.pid) != "T"), "not let go on a quiet machine"
+    finally:
+        spare.close()
+
+
+def test_it_never_waits_longer_than_longest_and_close_lets_everything_go(spawn):
+    watched = spawn(SPIN)  # its own CPU is not counted against it
+    spare = SpareCpu(lambda: [watched.pid], longest=1.0, grace=1.0)
+    try:
+        burners = [spawn(SPIN) for _ in range(os.cpu_count() or 1)]
+        assert _until(lambda: _state(watched.pid) == "T")
+        assert _until(lambda: _state(watched.pid) != "T", timeout=5), "starved"
+        assert _until(lambda: spare.stops >= 2)  # stopped again after its grace
+    finally:
+        spare.close()
+    assert _state(watched.pid) != "T" and not spare.stopped
+    for b in burners:
+        b.kill()
+
+
+def test_a_pool_on_spare_cpu_answers_and_closes_with_its_workers_stopped(tiny_run_dir):
+    from tda.workers import WorkerPool
+
+    pool = WorkerPool(1, nice=3, name="tda-test-spare", spare_cpu_s=30)
+    key = f"{tiny_run_dir}@0"
+    y, _, _ = pool.call(key, None, "sample", 5)
+    assert y.shape[0] >= 1
+    (pid,) = pool.pids
+    os.kill(pid, 19)  # SIGSTOP, as a full machine would
+    t = time.monotonic()
+    pool.close()
+    assert time.monotonic() - t < 4  # not the 5 s a stopped process takes to be killed
+    assert _until(lambda: not Path(f"/proc/{pid}").exists() or _state(pid) == "Z")
