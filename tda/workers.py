@@ -183,6 +183,7 @@ def yield_cpu(nice: int) -> None:
     """
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))
+    nice = os.getpriority(os.PRIO_PROCESS, 0)  # more, where it was nicer already
     group = Path("/proc/self/autogroup")
     if nice <= 0 or not group.exists():
         return
@@ -307,7 +308,8 @@ class WorkerPool:
         if "forkserver" in mp.get_all_start_methods():
             self._ctx = mp.get_context("forkserver")
             # the forkserver imports these once; every worker forked from it shares them
-            self._ctx.set_forkserver_preload(["tda.api", "tda.attribution", "tda.candidate"])
+            self._ctx.set_forkserver_preload(
+                ["tda.low_priority", "tda.api", "tda.attribution", "tda.candidate"])
         else:  # Windows: each worker imports them itself
             self._ctx = mp.get_context("spawn")
         self._cv = threading.Condition()
