@@ -304,7 +304,7 @@ class WorkerPool:
         self.size, self.nice, self.threads, self.name = size, nice, threads, name
         # with spare_cpu_s, the processes wait (up to that long in a row) while the rest
         # of the machine keeps its cores busy (`tda.spare_cpu`)
-        self._spare = SpareCpu(lambda: self.pids, longest=spare_cpu_s) if spare_cpu_s else None
+        self._spare = SpareCpu(self._all_pids, longest=spare_cpu_s) if spare_cpu_s else None
         if "forkserver" in mp.get_all_start_methods():
             self._ctx = mp.get_context("forkserver")
             # the forkserver imports these once; every worker forked from it shares them
@@ -324,6 +324,14 @@ class WorkerPool:
     def pids(self) -> list[int]:
         with self._cv:
             return [w.proc.pid for w in self._workers]
+
+    def _all_pids(self) -> list[int]:
+        """The worker processes and, once it runs, their forkserver (its imports of torch
+        and tda are work too; it forks no more while stopped)."""
+        from multiprocessing import forkserver
+
+        server = getattr(forkserver._forkserver, "_forkserver_pid", None)
+        return self.pids + ([server] if server else [])
 
     def _may_take(self, lane: str) -> bool:
         if not self._idle and len(self._workers) >= self.size:
