@@ -327,11 +327,12 @@ class WorkerPool:
 
     def _all_pids(self) -> list[int]:
         """The worker processes and, once it runs, their forkserver (its imports of torch
-        and tda are work too; it forks no more while stopped)."""
+        and tda are work too; it forks no more while stopped). Read without the pool's
+        lock, which `_take` holds while a process starts (the forkserver's imports)."""
         from multiprocessing import forkserver
 
         server = getattr(forkserver._forkserver, "_forkserver_pid", None)
-        return self.pids + ([server] if server else [])
+        return [w.proc.pid for w in list(self._workers)] + ([server] if server else [])
 
     def _may_take(self, lane: str) -> bool:
         if not self._idle and len(self._workers) >= self.size:

@@ -62,7 +62,7 @@ def test_a_watched_process_waits_while_others_fill_the_cores_and_goes_on_after(s
 
 
 def test_it_never_waits_longer_than_longest_and_close_lets_everything_go(spawn):
-    watched = spawn(SPIN)  # its own CPU is not counted against it
+    watched = spawn(IDLE)
     spare = SpareCpu(lambda: [watched.pid], longest=1.0, grace=1.0)
     try:
         burners = [spawn(SPIN) for _ in range(os.cpu_count() or 1)]
