@@ -14,7 +14,9 @@ busy, it stops the processes `pids()` names (SIGSTOP) and lets them go on (SIGCO
 soon as CPU is left over. A chain then finishes later, never wrongly: nothing it holds
 is shared with the processes it waits for. At most `longest` seconds in a row, then
 they run for `grace` seconds whatever the load, so a machine that is busy for good
-slows chains down but never starves them. `close()` lets every process go on.
+slows chains down but never starves them. `wait_spare()` holds back work that cannot
+be stopped once begun (starting the processes) until CPU is left over, for at most
+`longest` seconds. `close()` lets every process go on.
 Where /proc/stat cannot be read (not Linux) it does nothing.
 """
 
@@ -72,6 +74,8 @@ class SpareCpu:
         self._since: float | None = None  # when the current stop began
         self._free_until = 0.0
         self._closed = threading.Event()
+        self._spare = threading.Event()  # set while the machine has CPU to spare
+        self._spare.set()
         self._lock = threading.Lock()
         self.stops = 0  # how many times the processes were stopped (for checks)
         self._thread: threading.Thread | None = None
@@ -104,7 +108,16 @@ class SpareCpu:
             self._decide(others >= machine[1] - self.spare, pids, now)
         self._go_on()
 
+    def wait_spare(self) -> bool:
+        """Wait (at most `longest` seconds) until the machine has CPU to spare: for work
+        that cannot be stopped once it starts. False if the wait ran out."""
+        return self._spare.wait(self.longest)
+
     def _decide(self, crowded: bool, pids: list[int], now: float) -> None:
+        if crowded:
+            self._spare.clear()
+        else:
+            self._spare.set()
         if crowded and now >= self._free_until:
             if self._since is None:
                 self._since = now
@@ -135,6 +148,7 @@ class SpareCpu:
     def close(self) -> None:
         """Stop watching; every process goes on."""
         self._closed.set()
+        self._spare.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(5)
         self._go_on()

@@ -66,19 +66,6 @@ def fewer_malloc_arenas(arenas: int = 2) -> bool:
     return bool(libc is not None and hasattr(libc, "mallopt") and libc.mallopt(-8, arenas))
 
 
-def die_with_parent() -> None:
-    """Linux: this process is killed when its parent (the forkserver, which ends with the
-    server) ends, even while stopped (`tda.spare_cpu` stops workers; a stopped process
-    never reads the end of its pipe)."""
-    libc = _libc()
-    if libc is None or not hasattr(libc, "prctl"):
-        return
-    parent = os.getppid()
-    libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
-    if os.getppid() != parent:  # it ended before the wish was made
-        os._exit(1)
-
-
 def give_back_freed_memory() -> None:
     """glibc: hand the heap's freed pages back to the system (malloc keeps them)."""
     libc = _libc()
@@ -209,7 +196,6 @@ def _serve(conn, nice: int, threads: int) -> None:
 
     gc.freeze()  # what the forkserver imported stays shared: the collector never touches it
     fewer_malloc_arenas()
-    die_with_parent()
 
     yield_cpu(nice)
     torch.set_num_threads(threads)
@@ -309,7 +295,7 @@ class WorkerPool:
             self._ctx = mp.get_context("forkserver")
             # the forkserver imports these once; every worker forked from it shares them
             self._ctx.set_forkserver_preload(
-                ["tda.low_priority", "tda.api", "tda.attribution", "tda.candidate"])
+                ["tda.worker_forkserver", "tda.api", "tda.attribution", "tda.candidate"])
         else:  # Windows: each worker imports them itself
             self._ctx = mp.get_context("spawn")
         self._cv = threading.Condition()
@@ -326,13 +312,10 @@ class WorkerPool:
             return [w.proc.pid for w in self._workers]
 
     def _all_pids(self) -> list[int]:
-        """The worker processes and, once it runs, their forkserver (its imports of torch
-        and tda are work too; it forks no more while stopped). Read without the pool's
-        lock, which `_take` holds while a process starts (the forkserver's imports)."""
-        from multiprocessing import forkserver
-
-        server = getattr(forkserver._forkserver, "_forkserver_pid", None)
-        return [w.proc.pid for w in list(self._workers)] + ([server] if server else [])
+        """The worker processes, read without the pool's lock (`_take` holds it while a
+        process starts). Not their forkserver: a stopped forkserver would outlive a
+        killed server; it starts only on spare CPU instead (`_take`)."""
+        return [w.proc.pid for w in list(self._workers)]
 
     def _may_take(self, lane: str) -> bool:
         if not self._idle and len(self._workers) >= self.size:
@@ -354,6 +337,8 @@ class WorkerPool:
                 if self._idle:
                     w = self._idle.pop()
                 else:  # start one (a failed start takes nothing)
+                    if self._spare is not None:  # the first also starts the forkserver,
+                        self._spare.wait_spare()  # whose imports are work too
                     w = _Worker(self._ctx, self.nice, self.threads,
                                 f"{self.name}-{self._started + 1}")
                     self._started += 1

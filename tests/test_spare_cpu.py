@@ -89,3 +89,51 @@ def test_a_pool_on_spare_cpu_answers_and_closes_with_its_workers_stopped(tiny_ru
     pool.close()
     assert time.monotonic() - t < 4  # not the 5 s a stopped process takes to be killed
     assert _until(lambda: not Path(f"/proc/{pid}").exists() or _state(pid) == "Z")
+
+
+def test_new_processes_start_on_spare_cpu(spawn):
+    spare = SpareCpu(lambda: [], longest=60)
+    try:
+        assert spare.wait_spare()  # a quiet machine: at once
+        burners = [spawn(SPIN) for _ in range(os.cpu_count() or 1)]
+        assert _until(lambda: not spare._spare.is_set())
+        waited = []
+        t = __import__("threading").Thread(target=lambda: waited.append(spare.wait_spare()))
+        t.start()
+        time.sleep(0.5)
+        assert not waited  # still waiting on a full machine
+        for b in burners:
+            b.kill()
+            b.wait()
+        t.join(10)
+        assert waited == [True]
+    finally:
+        spare.close()
+
+
+SERVER = """
+import sys, time
+from tda.workers import WorkerPool
+if __name__ == "__main__":
+    pool = WorkerPool(1, nice=3, spare_cpu_s=30)
+    print(pool.call(sys.argv[1] + "@0", None, "niceness")[1], flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_killed_server_leaves_no_stopped_worker_behind(tiny_run_dir, tmp_path):
+    script = tmp_path / "server.py"
+    script.write_text(SERVER)
+    root = Path(__file__).resolve().parent.parent
+    server = subprocess.Popen([sys.executable, str(script), str(tiny_run_dir)],
+                              stdout=subprocess.PIPE, text=True, cwd=root,
+                              env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        pid = int(server.stdout.readline())
+        os.kill(pid, 19)  # SIGSTOP: a worker waiting for spare CPU
+        assert _until(lambda: _state(pid) == "T")
+    finally:
+        server.kill()
+        server.wait()
+    gone = lambda: not Path(f"/proc/{pid}").exists() or _state(pid) == "Z"  # noqa: E731
+    assert _until(gone, timeout=15), "a stopped worker outlived its server"
