@@ -23,7 +23,7 @@ warning in the server log, and the default is used.
 |                         |             | machine were measured 10x slower than one)          |
 | TDA_NICE                | 19          | niceness (1-19) of the worker processes that run    |
 |                         |             | chains, so serving pages goes first                 |
-| TDA_SPARE_CPU_S         | 30          | the longest (seconds in a row) those processes wait |
+| TDA_SPARE_CPU_S         | 60          | the longest (seconds in a row) those processes wait |
 |                         |             | while other processes keep the machine's cores busy |
 |                         |             | (tda.spare_cpu); 1 all but turns the wait off       |
 """
@@ -50,7 +50,7 @@ class Limits:
     live_seeds: int = 8
     threads: int = 1
     nice: int = 19
-    spare_cpu_s: int = 30
+    spare_cpu_s: int = 60
 
 
 ENV = {

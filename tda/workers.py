@@ -9,7 +9,9 @@ named operations (`OPS`) on a run's Explorer in `size` processes forked from a
 forkserver that has imported torch and tda once (so the processes share those pages),
 each at niceness `nice` for all its threads and in a scheduling group of its own
 (`yield_cpu`), so the kernel gives serving, and browsers on the same machine, first
-claim on the CPU. Each process calls gc.freeze() first, so Python's collector never
+claim on the CPU; with `spare_cpu_s`, they compute only on CPU nobody else wants
+(`tda.spare_cpu`). The forkserver (`tda.worker_forkserver`) ends with the server and
+takes them along. Each process calls gc.freeze() first, so Python's collector never
 writes to (and so never copies) the pages it shares with the forkserver: 60 MB of
 private memory per process after a chain instead of 150.
 
