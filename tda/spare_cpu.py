@@ -80,8 +80,8 @@ class SpareCpu:
         self._calm_since: float | None = None  # since when CPU has been left over
         self._free_until = 0.0
         self._closed = threading.Event()
-        self._spare = threading.Event()  # set while the machine has CPU to spare
-        self._spare.set()
+        self._spare = threading.Event()  # set while the machine has CPU to spare (from
+        # the first look on: a pool starts its forkserver on a busy machine's first chain)
         self._lock = threading.Lock()
         self.stops = 0  # how many times the processes were stopped (for checks)
         self._thread: threading.Thread | None = None
@@ -89,6 +89,8 @@ class SpareCpu:
             self._thread = threading.Thread(target=self._watch, name="tda-spare-cpu",
                                             daemon=True)
             self._thread.start()
+        else:
+            self._spare.set()
 
     @property
     def stopped(self) -> bool:
@@ -112,6 +114,7 @@ class SpareCpu:
             # ours can fall (a process ended and took its ticks along): count none then
             others = (machine[0] - busy0 - max(0, ours - ours0)) / hz / (now - t0)
             self._decide(others >= machine[1] - self.spare, pids, now)
+        self._spare.set()
         self._go_on()
 
     def wait_spare(self) -> bool:
