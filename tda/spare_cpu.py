@@ -5,22 +5,23 @@ scheduling groups first (autogroup), so even at niceness 19 in a group of their 
 worker processes kept 5-15% of a 2-core machine whose browsers wanted all of it, and
 that cost more than its share: with 20 browsers on the server's two cores (the load
 test), a class's featured Home finished at 40 s with ten own seeds' chains running and
-at 27 s with the same workers stopped (benchmarks/README.md, "Chains on spare CPU").
+at 27 s with the same workers stopped by hand (benchmarks/README.md, "Chains on spare
+CPU").
 Linux's own SCHED_IDLE does not cross scheduling groups.
 
 `SpareCpu(pids)` watches the machine four times a second: while the other processes
 (the server serving pages, browsers, anything else) keep all but `spare` of its cores
 busy, it stops the processes `pids()` names (SIGSTOP) and lets them go on (SIGCONT)
 once CPU has been left over for `calm` seconds (browsers drawing pages pause for the
-network now and then; going on at each such dip let the chains back in and their
-pages' redraws with them: featured Home +12 s over the floor, against +6 s with the
-workers held back for the whole minute). A chain then finishes later, never wrongly: nothing it holds
-is shared with the processes it waits for. At most `longest` seconds in a row, then
-they run for `grace` seconds whatever the load, so a machine that is busy for good
-slows chains down but never starves them. `wait_spare()` holds back work that cannot
-be stopped once begun (starting the processes) until CPU is left over, for at most
-`longest` seconds. `close()` lets every process go on.
-Where /proc/stat cannot be read (not Linux) it does nothing.
+network now and then, and going on at each such pause let the chains back in: featured
+Home 9.5-12.4 s over the floor, +3.5 s with the pause). A chain then finishes later,
+never wrongly: nothing it holds is shared with the processes it waits for. At most
+`longest` seconds in a row, then they run for `grace` seconds whatever the load, so a
+machine that is busy for good slows chains down but never starves them. `wait_spare()`
+holds back work that cannot be stopped once begun (starting the processes, whose
+forkserver imports torch) until CPU is left over, for at most `longest` seconds.
+`close()` lets every process go on. Where /proc/stat cannot be read (not Linux) it
+does nothing.
 """
 
 from __future__ import annotations
