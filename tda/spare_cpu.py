@@ -27,15 +27,12 @@ does nothing.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 TICK_S = 0.25  # how often the machine is looked at
 WINDOW = 2  # ticks a decision averages over (0.5 s)

@@ -292,7 +292,7 @@ class WorkerPool:
         self.size, self.nice, self.threads, self.name = size, nice, threads, name
         # with spare_cpu_s, the processes wait (up to that long in a row) while the rest
         # of the machine keeps its cores busy (`tda.spare_cpu`)
-        self._spare = SpareCpu(self._all_pids, longest=spare_cpu_s) if spare_cpu_s else None
+        self._spare = SpareCpu(lambda: self.pids, longest=spare_cpu_s) if spare_cpu_s else None
         if "forkserver" in mp.get_all_start_methods():
             self._ctx = mp.get_context("forkserver")
             # the forkserver imports these once; every worker forked from it shares them
@@ -310,13 +310,10 @@ class WorkerPool:
 
     @property
     def pids(self) -> list[int]:
-        with self._cv:
-            return [w.proc.pid for w in self._workers]
-
-    def _all_pids(self) -> list[int]:
         """The worker processes, read without the pool's lock (`_take` holds it while a
-        process starts). Not their forkserver: a stopped forkserver would outlive a
-        killed server; it starts only on spare CPU instead (`_take`)."""
+        process starts, which is when `tda.spare_cpu` must still see them). Not their
+        forkserver: stopped, it would outlive a killed server; it starts only on spare
+        CPU instead (`_take`)."""
         return [w.proc.pid for w in list(self._workers)]
 
     def _may_take(self, lane: str) -> bool:
@@ -327,6 +324,11 @@ class WorkerPool:
         return self._waiting["page"] == 0 and self._busy["job"] < max(1, self.size - 1)
 
     def _take(self, lane: str) -> _Worker:
+        if self._spare is not None and not self._idle and len(self._workers) < self.size:
+            # a process will likely start (the first also starts the forkserver, whose
+            # imports are work too): on spare CPU, and outside the lock, which returning
+            # workers need
+            self._spare.wait_spare()
         with self._cv:
             self._waiting[lane] += 1
             try:
@@ -339,8 +341,6 @@ class WorkerPool:
                 if self._idle:
                     w = self._idle.pop()
                 else:  # start one (a failed start takes nothing)
-                    if self._spare is not None:  # the first also starts the forkserver,
-                        self._spare.wait_spare()  # whose imports are work too
                     w = _Worker(self._ctx, self.nice, self.threads,
                                 f"{self.name}-{self._started + 1}")
                     self._started += 1
