@@ -54,14 +54,20 @@ def _busy_ticks() -> tuple[int, int] | None:
     return busy, max(1, cores)
 
 
-def _process_ticks(pid: int) -> int:
-    """Clock ticks process `pid` (all its threads) has run; 0 where it is gone."""
+def proc_stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state, ppid, ...; utime is
+    [11]); None where the process is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return 0
-    f = stat[stat.rindex(")") + 2:].split()
-    return int(f[11]) + int(f[12])  # utime, stime
+        return None
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def _process_ticks(pid: int) -> int:
+    """Clock ticks process `pid` (all its threads) has run; 0 where it is gone."""
+    f = proc_stat(pid)
+    return 0 if f is None else int(f[11]) + int(f[12])  # utime, stime
 
 
 class SpareCpu:
@@ -78,7 +84,7 @@ class SpareCpu:
         self._calm_since: float | None = None  # since when CPU has been left over
         self._free_until = 0.0
         self._closed = threading.Event()
-        self._spare = threading.Event()  # set while the machine has CPU to spare (from
+        self._has_spare = threading.Event()  # set while the machine has CPU to spare (from
         # the first look on: a pool starts its forkserver on a busy machine's first chain)
         self._lock = threading.Lock()
         self.stops = 0  # how many times the processes were stopped (for checks)
@@ -88,7 +94,7 @@ class SpareCpu:
                                             daemon=True)
             self._thread.start()
         else:
-            self._spare.set()
+            self._has_spare.set()
 
     @property
     def stopped(self) -> bool:
@@ -112,13 +118,13 @@ class SpareCpu:
             # ours can fall (a process ended and took its ticks along): count none then
             others = (machine[0] - busy0 - max(0, ours - ours0)) / hz / (now - t0)
             self._decide(others >= machine[1] - self.spare, pids, now)
-        self._spare.set()
+        self._has_spare.set()
         self._go_on()
 
     def wait_spare(self) -> bool:
         """Wait (at most `longest` seconds) until the machine has CPU to spare: for work
         that cannot be stopped once it starts. False if the wait ran out."""
-        return self._spare.wait(self.longest)
+        return self._has_spare.wait(self.longest)
 
     def _decide(self, crowded: bool, pids: list[int], now: float) -> None:
         if crowded:
@@ -130,16 +136,16 @@ class SpareCpu:
             if crowded and now >= self._free_until:
                 self._since = now
                 self.stops += 1
-                self._spare.clear()
+                self._has_spare.clear()
                 self._signal(pids, signal.SIGSTOP)
             elif not crowded:
-                self._spare.set()
+                self._has_spare.set()
             return
         if calm or now - self._since >= self.longest:  # CPU left over, or waited enough
             if not calm:
                 self._free_until = now + self.grace
             self._since = None
-            self._spare.set()
+            self._has_spare.set()
             self._go_on()
         else:
             self._signal(pids, signal.SIGSTOP)  # and any process started meanwhile
@@ -163,7 +169,7 @@ class SpareCpu:
     def close(self) -> None:
         """Stop watching; every process goes on."""
         self._closed.set()
-        self._spare.set()
+        self._has_spare.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(5)
         self._go_on()

@@ -23,6 +23,7 @@ import threading
 import time
 from pathlib import Path
 
+from .spare_cpu import proc_stat
 from .workers import yield_cpu
 
 NICE = 19
@@ -31,14 +32,8 @@ WATCH_S = 1.0
 
 def children(pid: int) -> list[int]:
     """The processes whose parent is `pid`."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                stat = (entry / "stat").read_text()
-                if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
-                    out.append(int(entry.name))
-    return out
+    return [int(e.name) for e in Path("/proc").iterdir()
+            if e.name.isdigit() and (proc_stat(e.name) or ["", ""])[1] == str(pid)]
 
 
 def _end_with(server: int) -> None:

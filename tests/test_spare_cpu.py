@@ -96,7 +96,7 @@ def test_new_processes_start_on_spare_cpu(spawn):
     try:
         assert spare.wait_spare()  # a quiet machine: at once
         burners = [spawn(SPIN) for _ in range(os.cpu_count() or 1)]
-        assert _until(lambda: not spare._spare.is_set())
+        assert _until(lambda: not spare._has_spare.is_set())
         waited = []
         t = __import__("threading").Thread(target=lambda: waited.append(spare.wait_spare()))
         t.start()
