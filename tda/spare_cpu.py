@@ -137,7 +137,7 @@ class SpareCpu:
                 self._since = now
                 self.stops += 1
                 self._has_spare.clear()
-                self._signal(pids, signal.SIGSTOP)
+                self._stop(pids)
             elif not crowded:
                 self._has_spare.set()
             return
@@ -148,14 +148,15 @@ class SpareCpu:
             self._has_spare.set()
             self._go_on()
         else:
-            self._signal(pids, signal.SIGSTOP)  # and any process started meanwhile
+            self._stop(pids)  # and any process started meanwhile
 
-    def _signal(self, pids: list[int], sig: int) -> None:
+    def _stop(self, pids: list[int]) -> None:
+        """SIGSTOP each of `pids` not stopped yet; forget those no longer named."""
         with self._lock:
             for pid in pids:
                 if pid not in self._stopped:
                     with contextlib.suppress(OSError):
-                        os.kill(pid, sig)
+                        os.kill(pid, signal.SIGSTOP)
                         self._stopped.add(pid)
             self._stopped &= set(pids)
 
