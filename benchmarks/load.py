@@ -49,15 +49,27 @@ DONE = {
 OWN_SEED_BASE = 10_000  # session i of its own uses seed OWN_SEED_BASE + i
 PAGE_TIMEOUT_S = 600
 
-# marks the first moment a waiting indicator (queue place or progress bar) appears
+# marks the first moment a waiting indicator (queue place or progress bar) appears. It
+# looks without disturbing: only nodes just added, their text by textContent. (innerText
+# lays the page out: called at every change of a page with an alert, Home's "Is
+# attribution meaningful here?", it made each browser lay out its half-built page once per
+# arriving element, a cost the trivial app, without alerts, never paid.)
 WATCH = """
 window.__tdaWait = null;
-new MutationObserver(() => {
+const __tdaWaits = (n) => {
+  if (n.nodeType !== 1) n = n.parentElement;
+  if (!n) return false;
+  if (n.closest('[data-testid="stProgress"]') || n.querySelector('[data-testid="stProgress"]'))
+    return true;
+  const alert = n.closest('[data-testid="stAlert"]') || n.querySelector('[data-testid="stAlert"]');
+  return !!alert && alert.textContent.includes('Queued: place');
+};
+new MutationObserver((records) => {
   if (window.__tdaWait !== null) return;
-  if (document.querySelector('[data-testid="stProgress"]') ||
-      [...document.querySelectorAll('[data-testid="stAlert"]')].some(
-        a => a.innerText.includes('Queued: place'))) {
-    window.__tdaWait = performance.now();
+  for (const r of records) {
+    for (const n of r.addedNodes) {
+      if (__tdaWaits(n)) { window.__tdaWait = performance.now(); return; }
+    }
   }
 }).observe(document, {subtree: true, childList: true});
 """

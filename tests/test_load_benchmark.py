@@ -31,3 +31,54 @@ def test_a_run_is_compared_with_the_mean_of_the_floors_around_it():
     # a floor on one side only (an old order, or --apps tda,trivial run once)
     assert load.over_floor([_run("tda", 40), _run("trivial", 31)])[0]["Home"] == pytest.approx(9)
     assert load.over_floor([_run("tda", 40)]) == []
+
+
+@pytest.fixture(scope="module")
+def blank_page():
+    """A headless Debian chromium on an empty page, as the load test drives it."""
+    from playwright.sync_api import sync_playwright
+
+    if not Path(load.CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=load.CHROMIUM,
+                                    args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        yield page
+        browser.close()
+
+
+def _watching(page, body: str) -> None:
+    page.set_content(f"<body>{body}</body>")
+    page.add_script_tag(content=load.WATCH)
+
+
+def _add(page, html: str, into: str = "body") -> None:
+    page.evaluate("([into, html]) => document.querySelector(into)"
+                  ".insertAdjacentHTML('beforeend', html)", [into, html])
+
+
+def _seen(page) -> bool:
+    return page.evaluate("() => window.__tdaWait") is not None
+
+
+def test_the_load_test_sees_a_queue_place_or_progress_the_moment_it_appears(blank_page):
+    """The watcher marks a queue place (an alert saying so, whole or filled in later) or a
+    progress bar, and nothing else: not an alert that says something else."""
+    page = blank_page
+    _watching(page, '<div data-testid="stMain"></div>')
+    _add(page, '<div data-testid="stAlert"><p>Is attribution meaningful here?</p></div>')
+    _add(page, '<div data-testid="stCaption">Queued: place</div>')  # not an alert
+    assert not _seen(page)
+    _add(page, '<div data-testid="stAlert"><div class="md"></div></div>')
+    assert not _seen(page)
+    _add(page, "<strong>Queued: place 2 of 3</strong>", into="div.md")  # its text comes later
+    assert _seen(page)
+
+    _watching(page, "")
+    _add(page, '<div data-testid="stAlert"><p><b>Queued: place 1 of 1</b> (1 running)</p></div>')
+    assert _seen(page)
+
+    _watching(page, "")
+    _add(page, '<div class="el"><div data-testid="stProgress"><p>Chains 3/9</p></div></div>')
+    assert _seen(page)
