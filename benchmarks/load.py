@@ -50,10 +50,10 @@ OWN_SEED_BASE = 10_000  # session i of its own uses seed OWN_SEED_BASE + i
 PAGE_TIMEOUT_S = 600
 
 # marks the first moment a waiting indicator (queue place or progress bar) appears. It
-# looks without disturbing: only nodes just added, their text by textContent. (innerText
-# lays the page out: called at every change of a page with an alert, Home's "Is
-# attribution meaningful here?", it made each browser lay out its half-built page once per
-# arriving element, a cost the trivial app, without alerts, never paid.)
+# looks at what changed only (nodes added, text changed in place) and reads text by
+# textContent. (It used to read innerText of every alert at every change: innerText lays
+# the page out, so every browser laid out its half-built Home, whose alert the trivial app
+# lacks, once per arriving element; benchmarks/README.md, "The watcher".)
 WATCH = """
 window.__tdaWait = null;
 const __tdaWaits = (n) => {
@@ -67,11 +67,11 @@ const __tdaWaits = (n) => {
 new MutationObserver((records) => {
   if (window.__tdaWait !== null) return;
   for (const r of records) {
-    for (const n of r.addedNodes) {
+    for (const n of r.type === 'characterData' ? [r.target] : r.addedNodes) {
       if (__tdaWaits(n)) { window.__tdaWait = performance.now(); return; }
     }
   }
-}).observe(document, {subtree: true, childList: true});
+}).observe(document, {subtree: true, childList: true, characterData: true});
 """
 
 TRIVIAL_NAV = ("Home", "Generate", "Attribution", "Ablation lab", "Training set", "Diagnostics")

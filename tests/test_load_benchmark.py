@@ -34,23 +34,25 @@ def test_a_run_is_compared_with_the_mean_of_the_floors_around_it():
 
 
 @pytest.fixture(scope="module")
-def blank_page():
-    """A headless Debian chromium on an empty page, as the load test drives it."""
+def browser():
+    """A headless Debian chromium, as the load test drives it."""
     from playwright.sync_api import sync_playwright
 
     if not Path(load.CHROMIUM).exists():
         pytest.skip("Debian chromium is not installed (apt-get install chromium)")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=load.CHROMIUM,
-                                    args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page()
-        yield page
-        browser.close()
+        b = p.chromium.launch(executable_path=load.CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
 
 
-def _watching(page, body: str) -> None:
+def _watching(browser, body: str):
+    """A new page (its own window, as each visit's) holding `body`, with the watcher."""
+    page = browser.new_page()
     page.set_content(f"<body>{body}</body>")
     page.add_script_tag(content=load.WATCH)
+    assert page.evaluate("() => window.__tdaWait === null")  # installed, nothing seen yet
+    return page
 
 
 def _add(page, html: str, into: str = "body") -> None:
@@ -62,11 +64,11 @@ def _seen(page) -> bool:
     return page.evaluate("() => window.__tdaWait") is not None
 
 
-def test_the_load_test_sees_a_queue_place_or_progress_the_moment_it_appears(blank_page):
-    """The watcher marks a queue place (an alert saying so, whole or filled in later) or a
-    progress bar, and nothing else: not an alert that says something else."""
-    page = blank_page
-    _watching(page, '<div data-testid="stMain"></div>')
+def test_the_load_test_sees_a_queue_place_or_progress_the_moment_it_appears(browser):
+    """The watcher marks a queue place (an alert saying so: added whole, filled in later or
+    changed in place) or a progress bar, and nothing else: not an alert that says
+    something else."""
+    page = _watching(browser, '<div data-testid="stMain"></div>')
     _add(page, '<div data-testid="stAlert"><p>Is attribution meaningful here?</p></div>')
     _add(page, '<div data-testid="stCaption">Queued: place</div>')  # not an alert
     assert not _seen(page)
@@ -75,10 +77,16 @@ def test_the_load_test_sees_a_queue_place_or_progress_the_moment_it_appears(blan
     _add(page, "<strong>Queued: place 2 of 3</strong>", into="div.md")  # its text comes later
     assert _seen(page)
 
-    _watching(page, "")
+    page = _watching(browser, "")
     _add(page, '<div data-testid="stAlert"><p><b>Queued: place 1 of 1</b> (1 running)</p></div>')
     assert _seen(page)
 
-    _watching(page, "")
+    page = _watching(browser, '<div data-testid="stAlert"><p id="t">Loading the run ...</p></div>')
+    page.evaluate("() => { document.getElementById('t').firstChild.data = 'Now this.'; }")
+    assert not _seen(page)
+    page.evaluate("() => { document.getElementById('t').firstChild.data = 'Queued: place 3'; }")
+    assert _seen(page)  # an alert whose text was replaced in place
+
+    page = _watching(browser, "")
     _add(page, '<div class="el"><div data-testid="stProgress"><p>Chains 3/9</p></div></div>')
     assert _seen(page)
