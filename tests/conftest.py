@@ -49,3 +49,22 @@ def tiny_explorer(tiny_run_dir):
     from tda.api import Explorer
 
     return Explorer(tiny_run_dir)
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's, installed by scripts/test.sh
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Debian chromium through Playwright (skipped where it is missing)."""
+    from playwright.sync_api import sync_playwright
+
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield b
+        b.close()

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import CHROMIUM
+
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "tests" / "screenshots"
 START_TIMEOUT = 60
 PAGE_TIMEOUT_MS = 120_000
@@ -139,21 +140,6 @@ def server(tiny_env, tmp_path_factory):
     """One server for the tests that need no fresh one."""
     with streamlit_server(tmp_path_factory.mktemp("streamlit") / "server.log", **tiny_env) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    if not CHROMIUM.exists():
-        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield b
-        b.close()
 
 
 @pytest.fixture

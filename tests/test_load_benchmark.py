@@ -33,19 +33,6 @@ def test_a_run_is_compared_with_the_mean_of_the_floors_around_it():
     assert load.over_floor([_run("tda", 40)]) == []
 
 
-@pytest.fixture(scope="module")
-def browser():
-    """A headless Debian chromium, as the load test drives it."""
-    from playwright.sync_api import sync_playwright
-
-    if not Path(load.CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=load.CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        yield b
-        b.close()
-
-
 def _watching(browser, body: str):
     """A new page (its own window, as each visit's) holding `body`, with the watcher."""
     page = browser.new_page()
