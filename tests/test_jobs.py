@@ -8,15 +8,9 @@ import time
 import pytest
 
 from tda.jobs import CANCELLED, DONE, QUEUED, RUNNING, Busy, Cancelled, JobManager
+from tests.conftest import until
 
 WAIT = 10  # seconds any single event may take on a busy machine
-
-
-def until(condition, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def blocker(gate: threading.Event, calls: list | None = None, value=None):

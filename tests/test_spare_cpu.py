@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from tda.spare_cpu import SpareCpu, proc_stat
+from tests.conftest import until
 
 pytestmark = pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux /proc")
 
@@ -22,15 +25,6 @@ def _state(pid: int) -> str:
     """R, S, T (stopped), Z ...; "gone" once the process has been reaped."""
     f = proc_stat(pid)
     return "gone" if f is None else f[0]
-
-
-def _until(cond, timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture
@@ -52,12 +46,12 @@ def test_a_watched_process_waits_while_others_fill_the_cores_and_goes_on_after(s
     spare = SpareCpu(lambda: [watched.pid], longest=60)
     try:
         burners = [spawn(SPIN) for _ in range(os.cpu_count() or 1)]
-        assert _until(lambda: _state(watched.pid) == "T"), "not stopped on a full machine"
+        until(lambda: _state(watched.pid) == "T", message="not stopped on a full machine")
         assert spare.stopped and spare.stops >= 1
         for b in burners:
             b.kill()
             b.wait()
-        assert _until(lambda: _state(watched.pid) != "T"), "not let go on a quiet machine"
+        until(lambda: _state(watched.pid) != "T", message="not let go on a quiet machine")
     finally:
         spare.close()
 
@@ -66,15 +60,14 @@ def test_it_never_waits_longer_than_longest_and_close_lets_everything_go(spawn):
     watched = spawn(IDLE)
     spare = SpareCpu(lambda: [watched.pid], longest=1.0, grace=1.0)
     try:
-        burners = [spawn(SPIN) for _ in range(os.cpu_count() or 1)]
-        assert _until(lambda: _state(watched.pid) == "T")
-        assert _until(lambda: _state(watched.pid) != "T", timeout=5), "starved"
-        assert _until(lambda: spare.stops >= 2)  # stopped again after its grace
+        for _ in range(os.cpu_count() or 1):
+            spawn(SPIN)
+        until(lambda: _state(watched.pid) == "T")
+        until(lambda: _state(watched.pid) != "T", 5, "starved")
+        until(lambda: spare.stops >= 2)  # stopped again after its grace
     finally:
         spare.close()
-    assert _state(watched.pid) != "T" and not spare.stopped
-    for b in burners:
-        b.kill()
+    assert _state(watched.pid) != "T" and not spare.stopped  # the burners go with `spawn`
 
 
 def test_a_pool_on_spare_cpu_answers_and_closes_with_its_workers_stopped(tiny_run_dir):
@@ -85,11 +78,11 @@ def test_a_pool_on_spare_cpu_answers_and_closes_with_its_workers_stopped(tiny_ru
     y, _, _ = pool.call(key, None, "sample", 5)
     assert y.shape[0] >= 1
     (pid,) = pool.pids
-    os.kill(pid, 19)  # SIGSTOP, as a full machine would
+    os.kill(pid, signal.SIGSTOP)  # as a full machine would
     t = time.monotonic()
     pool.close()
     assert time.monotonic() - t < 4  # not the 5 s a stopped process takes to be killed
-    assert _until(lambda: _state(pid) in ("gone", "Z"))
+    until(lambda: _state(pid) in ("gone", "Z"))
 
 
 def test_new_processes_start_on_spare_cpu(spawn):
@@ -97,9 +90,9 @@ def test_new_processes_start_on_spare_cpu(spawn):
     try:
         assert spare.wait_spare()  # a quiet machine: at once
         burners = [spawn(SPIN) for _ in range(os.cpu_count() or 1)]
-        assert _until(lambda: not spare._has_spare.is_set())
+        until(lambda: not spare._has_spare.is_set())
         waited = []
-        t = __import__("threading").Thread(target=lambda: waited.append(spare.wait_spare()))
+        t = threading.Thread(target=lambda: waited.append(spare.wait_spare()))
         t.start()
         time.sleep(0.5)
         assert not waited  # still waiting on a full machine
@@ -131,10 +124,9 @@ def test_a_killed_server_leaves_no_stopped_worker_behind(tiny_run_dir, tmp_path)
                               env={**os.environ, "PYTHONPATH": str(root)})
     try:
         pid = int(server.stdout.readline())
-        os.kill(pid, 19)  # SIGSTOP: a worker waiting for spare CPU
-        assert _until(lambda: _state(pid) == "T")
+        os.kill(pid, signal.SIGSTOP)  # a worker waiting for spare CPU
+        until(lambda: _state(pid) == "T")
     finally:
         server.kill()
         server.wait()
-    assert _until(lambda: _state(pid) in ("gone", "Z"), timeout=15), \
-        "a stopped worker outlived its server"
+    until(lambda: _state(pid) in ("gone", "Z"), 15, "a stopped worker outlived its server")

@@ -13,6 +13,7 @@ import torch
 from tda import TdaError
 from tda.jobs import Cancelled
 from tda.workers import InlinePool, WorkerPool
+from tests.conftest import until
 
 
 @pytest.fixture(scope="module")
@@ -115,15 +116,6 @@ def test_callers_wait_for_a_free_worker(pool, key):
     assert not errors and len(pids) == 6 and len(set(pids)) == 1  # one process, in turn
 
 
-def _until(condition, seconds: float = 60) -> None:
-    import time
-
-    deadline = time.time() + seconds
-    while not condition():
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 def _held_job(pool, key, release: threading.Event, out: list):
     """A job call that holds its process until `release` (its caller waits in progress)."""
     def progress(done, total, text=None):
@@ -143,11 +135,11 @@ def test_jobs_leave_a_process_to_pages_and_pages_go_first(key):
     release, held, order = threading.Event(), [], []
     try:
         first = _held_job(two, key, release, held)
-        _until(lambda: two._busy["job"] == 1)
+        until(lambda: two._busy["job"] == 1, 60)
         second = threading.Thread(target=lambda: order.append(
             ("job", two.call(key, None, "niceness", lane="job"))))
         second.start()
-        _until(lambda: two._waiting["job"] == 1)
+        until(lambda: two._waiting["job"] == 1, 60)
         # a page is served at once by the process the jobs must leave free ...
         order.append(("page", two.call(key, None, "niceness", lane="page")))
         assert second.is_alive() and [o[0] for o in order] == ["page"]  # ... the job waits
@@ -163,13 +155,13 @@ def test_jobs_leave_a_process_to_pages_and_pages_go_first(key):
     release, held, order = threading.Event(), [], []
     try:
         first = _held_job(one, key, release, held)
-        _until(lambda: one._busy["job"] == 1)
+        until(lambda: one._busy["job"] == 1, 60)
         waiting = [threading.Thread(target=lambda lane=lane: order.append(
             (lane, one.call(key, None, "niceness", lane=lane)))) for lane in ("job", "page")]
         waiting[0].start()
-        _until(lambda: one._waiting["job"] == 1)
+        until(lambda: one._waiting["job"] == 1, 60)
         waiting[1].start()
-        _until(lambda: one._waiting["page"] == 1)
+        until(lambda: one._waiting["page"] == 1, 60)
         release.set()  # the job asked first, but the page goes first
         for t in (first, *waiting):
             t.join(60)
