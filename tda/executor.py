@@ -1,6 +1,7 @@
 """Where independent pieces of work run: local processes (the default) or a Ray cluster.
 
-A `Job` is a module-level function, its arguments and the resources it needs. An
+A `Job` (`tda.pool`) is a module-level function, its arguments and the resources it
+needs. An
 executor runs jobs and hands each result to the caller *in this process* as it arrives
 (`done(job, result)`, which may return follow-up jobs), so this process can stay the
 only writer of a run directory. A job sends progress with `report(msg)`; the executor
@@ -9,7 +10,7 @@ are cancelled and the error is raised; whatever `done` wrote stays.
 
 Backends (`open_executor`):
 - `local` (`LocalExecutor`): one worker runs jobs here, one after another; more
-  workers run one spawned process per job, that many at once.
+  workers run them in a `tda.pool.Pool` of that many processes (the app's pool).
 - `ray` (`RayExecutor`): one Ray task per job (`num_cpus`, `num_gpus` from the job),
   retried when its worker or node is lost; torch's threads are set inside the task.
   `ray` is imported only here, and only when this backend is chosen.
@@ -21,25 +22,20 @@ once through Ray's object store and unpacked into a cache folder on each node.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import multiprocessing as mp
 import os
-import queue as queue_lib
 import shutil
-import sys
 import tempfile
-import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import TdaError
+from .pool import Job, Pool  # noqa: F401 - Job (tda.pool): the one notion of a job
 
 BACKENDS = ("local", "ray")
 MAX_RETRIES = 3  # Ray re-runs a job this often when its worker or node is lost
@@ -49,18 +45,6 @@ INBOX_TIMEOUT_S = 10  # the driver skips a round of progress rather than wait lo
 
 Done = Callable[["Job", Any], Iterable["Job"] | None]
 OnReport = Callable[[Hashable, Any], None]
-
-
-@dataclass
-class Job:
-    """fn(*args, report=...) somewhere; `key` names it (unique among running jobs)."""
-
-    key: Hashable
-    fn: Callable[..., Any]
-    args: tuple = ()
-    cpus: float = 1.0
-    gpus: float = 0.0
-    threads: int | None = None  # torch threads inside the job (None: leave as it is)
 
 
 class JobError(TdaError):
@@ -147,113 +131,33 @@ class LocalExecutor(Executor):
             torch.set_num_threads(before)  # leave the caller's setting as it was
 
     def _run_processes(self, todo: deque, done, on_report) -> None:
-        ctx = mp.get_context("spawn")
-        inbox = ctx.Queue()
-        running: dict[Hashable, tuple[Job, Any]] = {}
-        results: dict[Hashable, Any] = {}
-        errors: dict[Hashable, str] = {}
-        try:
+        """The jobs in a `tda.pool.Pool` of `workers` processes; results handled here as
+        they arrive, in this thread, as are the jobs' reports."""
+        with Pool(self.workers, name="tda-job") as pool:
+            running: dict[Hashable, tuple[Job, Any, int]] = {}
             while todo or running:
                 while todo and len(running) < self.workers:
                     job = todo.popleft()
-                    p = ctx.Process(target=_local_main, daemon=True,
-                                    args=(job.fn, job.key, job.threads, inbox, job.args))
-                    with not_rerunning_main():
-                        p.start()
-                    running[job.key] = (job, p)
-                ended = [k for k, (_, p) in running.items() if not p.is_alive()]
-                _drain(inbox, results, errors, on_report)  # an ended job's last words are in
-                for key in ended:
-                    job, p = running.pop(key)
-                    p.join()
-                    if p.exitcode == 0 and key not in results:
-                        _drain(inbox, results, errors, on_report, wait_for=key)
-                    if p.exitcode != 0 or key not in results:
-                        raise JobError(key, errors.get(key) or f"exit code {p.exitcode}")
-                    todo.extend(_follow(done, job, results.pop(key)))
+                    running[job.key] = (job, pool.submit(job), 0)
+                for key, (job, ticket, seen) in list(running.items()):
+                    if on_report is not None and ticket.reports != seen:
+                        running[key] = (job, ticket, ticket.reports)
+                        on_report(key, ticket.status().report)
+                    if not ticket.wait(0):
+                        continue
+                    del running[key]
+                    try:
+                        result = ticket.result()
+                    except Exception as e:
+                        raise JobError(key, str(e)) from e  # "ValueError: ..." from the worker
+                    todo.extend(_follow(done, job, result))
                 time.sleep(POLL_S)
-        finally:
-            for _, p in running.values():
-                p.terminate()
-            for _, p in running.values():
-                p.join(5)
-            _drain(inbox, results, errors, on_report)
-
-
-def _local_main(fn, key, threads, inbox, args) -> None:
-    """A job in a spawned process: messages (key, kind, payload) go back through `inbox`."""
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        result = fn(*args, report=lambda msg: inbox.put((key, "report", msg)))
-    except BaseException as e:
-        inbox.put((key, "error", f"{type(e).__name__}: {e}"))
-        raise
-    inbox.put((key, "result", result))
-
-
-def _drain(inbox, results, errors, on_report, wait_for: Hashable | None = None) -> None:
-    deadline = time.time() + 10
-    while True:
-        try:
-            if wait_for is None:
-                key, kind, payload = inbox.get_nowait()
-            else:
-                key, kind, payload = inbox.get(timeout=0.5)
-        except queue_lib.Empty:
-            if wait_for is None or wait_for in results or time.time() > deadline:
-                return
-            continue
-        if kind == "report":
-            if on_report is not None:
-                on_report(key, payload)
-        elif kind == "result":
-            results[key] = payload
-        else:
-            errors[key] = payload
-        if wait_for is not None and wait_for in results:
-            wait_for = None
 
 
 def _relay(key: Hashable, on_report: OnReport | None) -> Callable[[Any], None]:
     if on_report is None:
         return lambda msg: None
     return lambda msg: on_report(key, msg)
-
-
-_STARTING = threading.Lock()
-
-
-@contextlib.contextmanager
-def not_rerunning_main():
-    """Start processes in this block without re-running a borrowed __main__ in them.
-
-    multiprocessing runs the parent's main module again in a spawned child. Streamlit
-    (its server, and AppTest in tests) puts the page script it ran last there, as a
-    module it made itself, and a child that re-runs a page fails before its job starts
-    (exit code 1). A main module that Python's import system loaded (`python script.py`,
-    whose module-level job functions a child must import) is kept; one without a loader
-    is dropped. (Streamlit also sets sys.argv[0] to the script, so that tells nothing.)
-    """
-    from multiprocessing import spawn
-
-    real = spawn.get_preparation_data
-    if getattr(sys.modules.get("__main__"), "__loader__", None) is not None:
-        yield
-        return
-
-    def prepared(name):
-        data = real(name)
-        data.pop("init_main_from_path", None)
-        data.pop("init_main_from_name", None)
-        return data
-
-    with _STARTING:
-        spawn.get_preparation_data = prepared
-        try:
-            yield
-        finally:
-            spawn.get_preparation_data = real
 
 
 def _follow(done: Done | None, job: Job, result: Any) -> list[Job]:

@@ -1,0 +1,85 @@
+"""The explorer's computations as `tda.pool` jobs: module-level functions a worker
+process runs on a run's Explorer, each `fn(run_key, combine, *args, report=...)`.
+
+A run key is `folder@manifest mtime` (`ui.runs.run_key`): a rewritten run is loaded
+afresh. Each worker process keeps its own few Explorers (one loaded run shared by its
+rules). `report((done, total, text))` says how far a job got; a job told to stop
+raises `tda.pool.Cancelled` from it, within one step.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+
+import numpy as np
+
+from .api import Explorer
+
+
+def run_path(key: str) -> str:
+    """The run folder of a run key."""
+    return key.rsplit("@", 1)[0]
+
+
+@lru_cache(maxsize=2)
+def _loaded(key: str) -> Explorer:
+    return Explorer(run_path(key))
+
+
+@lru_cache(maxsize=4)
+def explorer(key: str, combine: str | None) -> Explorer:
+    """This process's Explorer of run `key` under rule `combine`."""
+    return _loaded(key).with_combine(combine)
+
+
+def _progress(report, text: str | None = None):
+    return lambda done, total, what=None: report((float(done), float(total), what or text))
+
+
+def sample(key: str, combine: str, seed: int, report=None):
+    """(sample, trajectory, mixture log-likelihoods or None) as numpy, and the seconds."""
+    t = time.perf_counter()
+    s = explorer(key, combine).sample(seed)
+    loglik = None if s.mixture_loglik is None else s.mixture_loglik.numpy()
+    return s.sample.numpy(), s.trajectory.numpy(), loglik, time.perf_counter() - t
+
+
+def y(key: str, combine: str, weights, seed: int, report=None):
+    """y(V, eps) of one seed [B, C, H, W] as numpy, and the seconds it took."""
+    t = time.perf_counter()
+    out = explorer(key, combine).y(weights, seed, progress=_progress(report)).numpy()
+    return out, time.perf_counter() - t
+
+
+def attribution(key: str, combine: str, seed: int, method: str, report=None):
+    from .attribution import attribute
+
+    return attribute(explorer(key, combine), seed, method, progress=_progress(report))
+
+
+def verified(key: str, combine: str, base, m: int, report=None):
+    from .attribution import verify_topk
+
+    return verify_topk(explorer(key, combine), base, m=m, progress=_progress(report))
+
+
+def counterfactuals(key: str, combine: str, att, rows, exact: bool, report=None) -> np.ndarray:
+    from .attribution import counterfactuals_for
+
+    return counterfactuals_for(explorer(key, combine), att, list(rows), exact=exact).numpy()
+
+
+def candidate(key: str, combine: str, seed: int, controls: int, report=None):
+    from .candidate import candidate_test
+
+    return candidate_test(explorer(key, combine), seed, controls=controls,
+                          chain_progress=_progress(report))
+
+
+def evaluate(key: str, combine: str, out: str, sizes, classifier_dir: str, report=None):
+    """A report into the folder `out` (`tda.evaluate`); its dict."""
+    from .evaluate import evaluate as run_evaluation
+
+    return run_evaluation(explorer(key, combine), out, sizes, classifier_dir=classifier_dir,
+                          progress=lambda what, d, t: report((float(d), float(t), f"{what}:")))
