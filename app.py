@@ -2,7 +2,7 @@
 
 Home: what the tool does, the loaded run, its code matrix, how a counterfactual works.
 The other views are Streamlit's native multipage `pages/` (URL /generate, /attribution,
-...); each page, this one included, starts with `ui.state.sidebar(title)`, which sets the
+...); each page, this one included, starts with `ui.sidebar.sidebar(title)`, which sets the
 page config, draws the navigation and the shared sidebar (run, seed, combination rule,
 all carried in the URL), so a deep link on a freshly started server shows the whole
 app. Runs come from assets/ (the shipped one is assets/default) and from the folder in
@@ -12,7 +12,7 @@ TDA_RUNS.
 import streamlit as st
 
 from tda import pictures, views
-from ui import render, state
+from ui import render, results, sidebar
 
 INIT_HELP = {
     "shared": "shared: members start from the same weights and random stream.",
@@ -21,7 +21,7 @@ INIT_HELP = {
     "images outside the training set.",
 }
 
-ctx = state.sidebar("Home")
+ctx = sidebar.sidebar("Home")
 run = ctx.run
 
 st.title("Which training images made this sample?")
@@ -95,7 +95,7 @@ render.chart("Interactive code matrix (hover for each image)",
 st.subheader("How a counterfactual works")
 code = run.codes[0]
 st.image(pictures.weights_image(code, 0), output_format="PNG")
-cf, _ = state.counterfactual(ctx.key, ctx.seed, tuple(bool(b) for b in code == 0), ctx.combine)
+cf, _ = results.counterfactual(ctx.key, ctx.seed, tuple(bool(b) for b in code == 0), ctx.combine)
 c = st.columns([4, 3])
 names = ["training image #0", f"sample (seed {ctx.seed})", "without image #0", "residual"]
 with c[0]:  # one picture, captions drawn in (and said below it), not four

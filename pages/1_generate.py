@@ -4,9 +4,9 @@ import numpy as np
 import streamlit as st
 
 from tda import pictures, views
-from ui import render, state
+from ui import render, results, sidebar
 
-ctx = state.sidebar("Generate")
+ctx = sidebar.sidebar("Generate")
 run = ctx.run
 
 st.title("Generate")
@@ -15,9 +15,9 @@ st.caption(
     "recorded noise, so every other page reuses this exact chain."
 )
 
-y, sample_s = state.ensemble_sample(ctx.key, ctx.seed, ctx.combine)
-traj, timesteps, traj_s = state.trajectory(ctx.key, ctx.seed, ctx.combine)
-members, members_s = state.member_samples(ctx.key, ctx.seed, ctx.combine)
+y, sample_s = results.ensemble_sample(ctx.key, ctx.seed, ctx.combine)
+traj, timesteps, traj_s = results.trajectory(ctx.key, ctx.seed, ctx.combine)
+members, members_s = results.member_samples(ctx.key, ctx.seed, ctx.combine)
 
 left, mid, right = st.columns([3, 3, 2])
 with left:
@@ -44,7 +44,7 @@ with right:
                "precomputed); repeats come from the cache.")
 
 if ctx.combine == "mixture":
-    loglik = state.mixture_loglik(ctx.key, ctx.seed)
+    loglik = results.mixture_loglik(ctx.key, ctx.seed)
     nearest = int(views.nearest_row(run.images, y))
     saw = run.codes[nearest] == 1
     render.chart("Interactive weights (hover for each step)",

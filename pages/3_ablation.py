@@ -4,16 +4,16 @@ import numpy as np
 import streamlit as st
 
 from tda import views
-from ui import render, state
+from ui import render, results, sidebar
 
-ctx = state.sidebar("Ablation lab")
+ctx = sidebar.sidebar("Ablation lab")
 run = ctx.run
 n = run.n
 
 
 def _set_mask(mask) -> None:
     for i in range(n):
-        state.set_kept(f"member_{i}", bool(mask[i]))
+        sidebar.set_kept(f"member_{i}", bool(mask[i]))
 
 
 st.title("Ablation lab")
@@ -26,7 +26,7 @@ st.caption(
 b1, b2, b3, b4, b5 = st.columns([2, 2, 3, 2, 3], vertical_alignment="bottom")
 b1.button("All on", on_click=_set_mask, args=(np.ones(n, bool),), width="stretch")
 only = b2.selectbox(
-    "Member", range(n), key="only_member", on_change=state.keep("only_member", 0, (0, n - 1))
+    "Member", range(n), key="only_member", on_change=sidebar.keep("only_member", 0, (0, n - 1))
 )
 b3.button(f"Only member {only}", on_click=_set_mask, args=(np.arange(n) == only,), width="stretch")
 row = b4.number_input(
@@ -34,7 +34,7 @@ row = b4.number_input(
     0,
     run.N - 1,
     key="remove_row",
-    on_change=state.keep("remove_row", 0, (0, run.N - 1)),
+    on_change=sidebar.keep("remove_row", 0, (0, run.N - 1)),
 )
 b5.button(
     f"Remove image #{row}",
@@ -52,7 +52,7 @@ for start in range(0, n, per_row):
     for i in range(start, min(n, start + per_row)):
         active.append(
             cols[i - start].toggle(
-                f"m{i}", key=f"member_{i}", on_change=state.keep(f"member_{i}", True)
+                f"m{i}", key=f"member_{i}", on_change=sidebar.keep(f"member_{i}", True)
             )
         )
 on = int(sum(active))
@@ -60,7 +60,7 @@ if on == 0:
     st.warning("Switch at least one member on: an ensemble of no members samples nothing.")
     st.stop()
 
-cf, seconds = state.counterfactual(ctx.key, ctx.seed, tuple(bool(a) for a in active), ctx.combine)
+cf, seconds = results.counterfactual(ctx.key, ctx.seed, tuple(bool(a) for a in active), ctx.combine)
 residual = cf.residual.numpy()
 vmax = views.residual_scale(residual)
 c = st.columns([2, 2, 2, 2])

@@ -4,28 +4,20 @@ import numpy as np
 import streamlit as st
 
 from tda import views
-from tda.attribution import METHODS
-from tda.index import search
-from ui import render, state
+from ui import render, results, sidebar
 from ui.upload import UploadError, read_image
 
 PAGE_SIZE = 32
 NEIGHBOURS = 6
 
-ctx = state.sidebar("Training set")
+ctx = sidebar.sidebar("Training set")
 run = ctx.run
-index = state.training_index(ctx.key)
 size, channels = run.image_shape[1], run.image_shape[0]
 
 
 def neighbours(query: np.ndarray, skip: int | None = None, caption: str | None = None) -> None:
     """The training images nearest to one query image [C, H, W], the query first if captioned."""
-    d, rows = search(index, query[None], NEIGHBOURS + (skip is not None))
-    pairs = [
-        (int(j), float(np.sqrt(max(x, 0.0))))
-        for x, j in zip(d[0], rows[0], strict=True)
-        if j != skip
-    ][:NEIGHBOURS]
+    pairs = results.neighbours(ctx.key, query, NEIGHBOURS, skip)
     images = [run.images[j] for j, _ in pairs]
     captions = [f"#{j} · {int(run.labels[j])} · L2 {dist:.2f}" for j, dist in pairs]
     if caption is not None:
@@ -38,7 +30,7 @@ st.title("Training set")
 # -- browse ------------------------------------------------------------------------------
 st.subheader("Browse")
 labels = sorted({int(x) for x in run.labels})
-shown_label = state.choice("Label", ["all", *map(str, labels)], key="browse_label",
+shown_label = sidebar.choice("Label", ["all", *map(str, labels)], key="browse_label",
                            help="Only the images of one label.", most=16, longest=4)
 label = "all" if shown_label == "all" else int(shown_label)
 f2, f3 = st.columns([1, 4], vertical_alignment="bottom")
@@ -59,7 +51,7 @@ j = left.number_input(
     0,
     run.N - 1,
     key="picked",
-    on_change=state.keep("picked", 0, (0, run.N - 1)),
+    on_change=sidebar.keep("picked", 0, (0, run.N - 1)),
 )
 render.show(run.images[j], f"#{j} · label {int(run.labels[j])}", 192, left)
 with right:
@@ -71,8 +63,8 @@ with right:
     )
     cached = [
         (mth, a)
-        for mth in METHODS
-        if (a := state.cached_attribution(ctx.key, ctx.seed, mth, ctx.combine)) is not None
+        for mth in results.METHODS
+        if (a := results.cached_attribution(ctx.key, ctx.seed, mth, ctx.combine)) is not None
     ]
     if cached:
         for mth, a in cached:
@@ -98,7 +90,7 @@ st.markdown(
     f"**With the current sample (seed {ctx.seed})**: a memorised sample sits at "
     "distance ≈ 0 from a training image."
 )
-y, _ = state.ensemble_sample(ctx.key, ctx.seed, ctx.combine)
+y, _ = results.ensemble_sample(ctx.key, ctx.seed, ctx.combine)
 neighbours(y, caption=f"seed {ctx.seed} (query)")
 
 st.markdown("**With an image of your own**")

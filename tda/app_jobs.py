@@ -9,8 +9,10 @@ raises `tda.pool.Cancelled` from it, within one step.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -77,9 +79,14 @@ def candidate(key: str, combine: str, seed: int, controls: int, report=None):
                           chain_progress=_progress(report))
 
 
-def evaluate(key: str, combine: str, out: str, sizes, classifier_dir: str, report=None):
-    """A report into the folder `out` (`tda.evaluate`); its dict."""
+def evaluate(key: str, combine: str, sizes, report=None) -> dict:
+    """A small evaluation report (`tda.evaluate`) in a temporary folder; the run's own
+    classifier is used if it has one, and its saved report is not touched."""
     from .evaluate import evaluate as run_evaluation
+    from .metrics import CLASSIFIER_DIR
 
-    return run_evaluation(explorer(key, combine), out, sizes, classifier_dir=classifier_dir,
+    tmp = Path(tempfile.mkdtemp(prefix="tda-diagnostics-"))
+    own = Path(run_path(key)) / CLASSIFIER_DIR
+    return run_evaluation(explorer(key, combine), tmp / "report", sizes,
+                          classifier_dir=own if own.is_dir() else tmp / CLASSIFIER_DIR,
                           progress=lambda what, d, t: report((float(d), float(t), f"{what}:")))

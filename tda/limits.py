@@ -21,11 +21,8 @@ warning in the server log, and the default is used.
 | TDA_THREADS             | 1           | torch threads of each page run and each job (they   |
 |                         |             | run side by side; two-thread ops on a busy 2-core   |
 |                         |             | machine were measured 10x slower than one)          |
-| TDA_NICE                | 19          | niceness (1-19) of the worker processes that run    |
+| TDA_NICE                | 10          | niceness (1-19) of the worker processes that run    |
 |                         |             | chains, so serving pages goes first                 |
-| TDA_SPARE_CPU_S         | 60          | the longest (seconds in a row) those processes wait |
-|                         |             | while other processes keep the machine's cores busy |
-|                         |             | (tda.spare_cpu); 1 all but turns the wait off       |
 """
 
 from __future__ import annotations
@@ -49,8 +46,7 @@ class Limits:
     live_samples: int = 256
     live_seeds: int = 8
     threads: int = 1
-    nice: int = 19
-    spare_cpu_s: int = 60
+    nice: int = 10
 
 
 ENV = {
@@ -65,7 +61,6 @@ ENV = {
     "live_seeds": "TDA_MAX_LIVE_SEEDS",
     "threads": "TDA_THREADS",
     "nice": "TDA_NICE",
-    "spare_cpu_s": "TDA_SPARE_CPU_S",
 }
 
 

@@ -77,3 +77,36 @@ def until(condition, timeout: float = 10.0, message: str = "timed out") -> None:
     while not condition():
         assert time.monotonic() < deadline, message
         time.sleep(0.02)
+
+
+def spy_jobs(monkeypatch) -> list[str]:
+    """The name of every job function submitted to any worker pool from now on."""
+    from tda.pool import Pool
+
+    names: list[str] = []
+    real = Pool.submit
+    monkeypatch.setattr(Pool, "submit", lambda self, job: names.append(job.fn.__name__)
+                        or real(self, job))
+    return names
+
+
+class InlinePool:
+    """A pool that runs each job at once in this process: for tests that replace a core
+    function here, where a worker process would not see the replacement."""
+
+    def __init__(self):
+        self.kept: dict = {}
+
+    def submit(self, job):
+        from tda.pool import DONE, Status
+
+        value = self.kept.get(job.key)
+        if value is None:
+            value = self.kept[job.key] = job.fn(*job.args, report=lambda msg: None)
+        status = Status(DONE, 0, 0, 0, None)
+        return type("Done", (), {"wait": lambda self, t=None: True, "result": lambda self: value,
+                                 "status": lambda self: status, "release": lambda self: None,
+                                 "__enter__": lambda self: self, "__exit__": lambda self, *e: None})()
+
+    def result(self, key, default=None):
+        return self.kept.get(key, default)

@@ -15,7 +15,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tda import pictures, views
-from ui import render, state
+from ui import render, runs, sidebar
 from ui.nav import BY_URL
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +54,7 @@ def sheets(monkeypatch) -> list[tuple[list, list[str]]]:
 
 def choice(at: AppTest, key: str):
     """The sidebar choice `key`: a segmented control for a few short options, else a
-    select box (ui.state.choice)."""
+    select box (ui.sidebar.choice)."""
     found = [w for w in (*at.segmented_control, *at.selectbox) if w.key == key]
     assert len(found) == 1, f"{len(found)} widgets with key {key}"
     return found[0]
@@ -140,7 +140,7 @@ def test_home_summarises_the_run(app_env, sheets):
         " · ".join(names),  # one picture of the four, their captions drawn in
     ]
     assert [c for _, c in sheets] == [names]
-    run = state.explorer(state.run_key(state.discover_runs()[choice(at, "run").value])).run
+    run = runs.explorer(runs.run_key(runs.discover_runs()[choice(at, "run").value])).run
     assert views.to_image(run.images[0], 128) == sheets[0][0][0]  # the training image itself
     charts = charts_after_toggles(at)  # the interactive code matrix replaces its picture
     assert len(charts) == 1 and '"heatmap"' in charts[0].lower() and "Code matrix" in charts[0]
@@ -207,9 +207,7 @@ def _floor_warnings(at: AppTest) -> list[str]:
 
 def _images_of(at: AppTest) -> np.ndarray:
     """The training images of the run the page shows."""
-    from ui import state
-
-    return np.asarray(state.explorer(state.run_key(state.discover_runs()[
+    return np.asarray(runs.explorer(runs.run_key(runs.discover_runs()[
         choice(at, "run").value])).run.images)
 
 
@@ -237,11 +235,9 @@ def _check_attribution_page(at: AppTest, sheets: list, k: int = 8) -> None:
 
 def test_exact_counterfactual_chains_run_in_a_worker_and_are_exact(app_env, sheets,
                                                                    tiny_explorer, monkeypatch):
-    from tda.workers import WorkerPool
+    from tests.conftest import spy_jobs
 
-    ops = []
-    real = WorkerPool.timed
-    monkeypatch.setattr(WorkerPool, "timed", lambda *a, **k: ops.append(a[3]) or real(*a, **k))
+    ops = spy_jobs(monkeypatch)
     at = open_app("attribution")
     assert "counterfactuals" not in ops  # jacobian: a matrix product in the server
     exact = next(t for t in at.toggle if t.label == "Exact counterfactual chains")
@@ -423,11 +419,11 @@ def _with_null(monkeypatch, scale: float, count: int) -> None:
 
     monkeypatch.setattr(attribution, "attribute", fake)
     # the fake lives in this process: run the jobs here, not in worker processes
-    from tda.workers import InlinePool
-    from ui import state
+    from tests.conftest import InlinePool
+    from ui import compute
 
-    inline = InlinePool(state.explorer)
-    monkeypatch.setattr(state, "_pool", lambda lane: inline)
+    inline = compute.Pools(InlinePool(), InlinePool())
+    monkeypatch.setattr(compute, "pools", lambda: inline)
 
 
 def test_attribution_warns_when_the_top_k_is_member_noise(app_env, sheets, monkeypatch):
@@ -454,30 +450,28 @@ def test_attribution_marks_images_above_the_noise_floor(app_env, sheets, monkeyp
 
 
 def test_runs_are_discovered_under_assets_and_tda_runs(tmp_path, monkeypatch):
-    from ui import state
-
     def fake_run(path: Path) -> None:
         path.mkdir(parents=True)
         (path / "ensemble.json").write_text("{}")
 
-    assets, runs = tmp_path / "assets", tmp_path / "mine"
-    fake_run(runs / "a")
-    fake_run(runs / "group" / "b")
-    fake_run(runs / ".hidden" / "c")
-    fake_run(runs / "1" / "2" / "3" / "too-deep")
-    (runs / "unfinished").mkdir()
+    assets, mine = tmp_path / "assets", tmp_path / "mine"
+    fake_run(mine / "a")
+    fake_run(mine / "group" / "b")
+    fake_run(mine / ".hidden" / "c")
+    fake_run(mine / "1" / "2" / "3" / "too-deep")
+    (mine / "unfinished").mkdir()
     fake_run(assets / "other")
     monkeypatch.setenv("TDA_ASSETS", str(assets))
-    monkeypatch.setenv("TDA_RUNS", str(runs))
-    assert list(state.discover_runs()) == ["assets/other", "mine/a", "mine/group/b"]
+    monkeypatch.setenv("TDA_RUNS", str(mine))
+    assert list(runs.discover_runs()) == ["assets/other", "mine/a", "mine/group/b"]
 
     fake_run(assets / "default")  # the shipped run comes first whenever it exists
-    found = state.discover_runs()
+    found = runs.discover_runs()
     assert list(found)[0] == "assets/default"
     assert found["assets/default"] == str((assets / "default").resolve())
 
     monkeypatch.delenv("TDA_RUNS")
-    assert list(state.discover_runs()) == ["assets/default", "assets/other"]
+    assert list(runs.discover_runs()) == ["assets/default", "assets/other"]
 
 
 def test_random_seed_button(app_env):
@@ -548,14 +542,11 @@ def test_the_rule_defaults_to_the_runs_own(app_env):
     assert "mixture: weight members" in at.segmented_control(key="combine").proto.help
 
 
-def test_a_page_that_computes_holds_still(app_env):
-    """A seed that is not precomputed: the page says what it computes in a still line,
-    and draws the style that stops spinners, progress glides and the running icon."""
+def test_a_page_that_computes_draws_no_raw_html(app_env):
+    """A seed that is not precomputed: the page waits with Streamlit's own spinner or
+    progress bar, and draws no style sheet of its own."""
     at = open_app("generate")
-    styles = [m.value for m in at.markdown if m.proto.allow_html]
-    assert styles and all(v == render.STILL for v in styles)
-    assert "stStatusWidgetRunningIcon" in render.STILL and "stSpinnerIcon" in render.STILL
-    assert not at.get("spinner")  # no turning cache spinner was drawn
+    assert not at.exception and not [m for m in at.markdown if m.proto.allow_html]
 
 
 def test_a_choice_clicked_off_keeps_its_option(app_env):
@@ -569,7 +560,7 @@ def test_a_choice_clicked_off_keeps_its_option(app_env):
 
 
 def test_many_runs_are_a_select_box(app_env, monkeypatch):
-    monkeypatch.setattr(state, "CHOICE_BUTTONS", 0)  # as if the server had many runs
+    monkeypatch.setattr(sidebar, "CHOICE_BUTTONS", 0)  # as if the server had many runs
     at = open_app("generate")
     assert at.selectbox(key="run").value == f"{app_env.parent.name}/tiny"
     assert not at.exception

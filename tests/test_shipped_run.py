@@ -64,17 +64,14 @@ def test_home_page_tells_whether_samples_are_attributable(monkeypatch):
     and Home, Generate and Attribution of the default (featured) seed run no chain."""
     from streamlit.testing.v1 import AppTest
 
-    from tda.workers import WorkerPool
+    from tests.conftest import spy_jobs
     from ui.nav import BY_URL
 
     monkeypatch.delenv("TDA_RUNS", raising=False)
     monkeypatch.delenv("TDA_ASSETS", raising=False)
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root)
-    chains = []
-    real = WorkerPool.timed  # every chain a page or job runs goes to a worker process
-    monkeypatch.setattr(WorkerPool, "timed",  # (call goes through timed)
-                        lambda *a, **k: chains.append(a[3]) or real(*a, **k))
+    chains = spy_jobs(monkeypatch)  # every chain a page runs goes to a worker pool
     at = AppTest.from_file(str(root / "app.py"), default_timeout=120).run()
     assert not at.exception
     # nothing waits, so no page draws raw HTML (its parser is JavaScript every browser

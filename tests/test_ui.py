@@ -181,23 +181,20 @@ def test_the_shared_server_config_hides_errors_and_developer_tools():
     assert config["browser"]["gatherUsageStats"] is False
 
 
-def test_chains_run_in_niced_worker_processes_one_more_than_the_jobs(tiny_run_dir):
-    """Pages and jobs run their chains in worker processes (never the server's threads):
-    below the server's niceness, one process more than the jobs that may run at once."""
+def test_chains_run_in_niced_worker_processes_cheap_beside_long(tiny_run_dir):
+    """Pages' chains run in worker processes below the server's niceness (never in the
+    server's threads): one cheap lane beside the long lane of at most the cores."""
     import os
-    from concurrent.futures import ThreadPoolExecutor
 
     from tda.limits import limits
-    from ui import state
+    from tda.pool import Job
+    from tests.test_pool import niceness
+    from ui import compute
 
-    here = os.getpriority(os.PRIO_PROCESS, 0)
-    key = state.run_key(str(tiny_run_dir))
-    for lane in ("page", "job"):
-        worker_nice, pid = state._pool(lane).call(key, None, "niceness")
-        assert pid != os.getpid() and worker_nice >= max(here, limits().nice)
-    assert os.getpriority(os.PRIO_PROCESS, 0) == here  # the server keeps its priority
-    with ThreadPoolExecutor(8) as pages:  # eight page runs at once
-        ran_in = set(pages.map(lambda _: state._pool("page").call(key, None, "niceness")[1],
-                               range(16)))
-    size = min(limits().jobs, os.cpu_count() or 1) + 1
-    assert len(ran_in) <= size and len(state._workers().pids) <= size
+    here = os.nice(0)
+    pools = compute.pools()
+    for pool in (pools.cheap, pools.long):
+        with pool.submit(Job(("niceness", id(pool)), niceness)) as t:
+            assert t.result() == (max(here, limits().nice), limits().threads)
+    assert os.nice(0) == here  # the server keeps its priority
+    assert pools.cheap.size == 1 and pools.long.size <= (os.cpu_count() or 1)

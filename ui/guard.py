@@ -1,8 +1,8 @@
 """What a shared server keeps from its visitors: server paths.
 
 `public_message` turns an error into text a visitor may read (the full text goes to
-the server log). More work than the server can run is kept out by the job manager
-(`tda.jobs`, used through `ui.state.run_job`).
+the server log). More work than the server can run is kept out by the compute layer's
+bounded queue (`ui.compute`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Streamlit's native multipage layout: `app.py` is Home and `pages/` holds the oth
 views; a page's URL is its file name without the number (`pages/1_generate.py` is
 /generate). Streamlit runs a deep link such as /generate straight from the page file,
 without app.py, so everything a page shares with the others (page config, navigation,
-run and seed) is set by the call at the top of every page, `ui.state.sidebar(title)`.
+run and seed) is set by the call at the top of every page, `ui.sidebar.sidebar(title)`.
 Streamlit's own file-name navigation is hidden (`client.showSidebarNavigation = false`
 in .streamlit/config.toml) and drawn here with titles and icons instead.
 """

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -13,44 +12,6 @@ from tda import pictures, views
 CHART_ON = ":material/touch_app: interactive"  # a chart pill's one option, with a picture
 CHART_SHOW = ":material/bar_chart: show"  # and without
 NOISE_ALPHA = 0.05  # a real score with p below this is shown as above the noise floor
-
-
-STILL = """<style>
-[data-testid="stProgress"] * { transition: none !important; }
-[data-testid="stSpinnerIcon"] { animation: none !important; }
-[data-testid="stStatusWidgetRunningIcon"] { display: none !important; }
-</style>"""
-
-
-def still() -> None:
-    """Waiting shows no motion of its own: progress bars jump instead of gliding and
-    spinners stand still (their text says what runs), and the status widget in the
-    corner says "Running..." without its moving icon. A turning spinner kept its browser
-    drawing frames, 7.5% of a core per waiting page against 3% standing, and the icon
-    3.5% against 1.1% (benchmarks/README.md); with ten visitors waiting for their own
-    seeds beside ten on featured ones, the spinners alone made the featured Home 14 s
-    later. Drawn only by a page that waits (`ui.state.run_job`, `computing`): a style
-    sheet needs raw HTML in markdown, whose parser is 190 kB of JavaScript that every
-    browser fetches and compiles on its first such page (0.1 s of CPU per visitor at
-    K = 20); pages that show results at once never load it."""
-    st.markdown(STILL, unsafe_allow_html=True)
-
-
-@contextlib.contextmanager
-def computing(text: str, when: bool = True):
-    """A still line saying what the page computes, gone when it is done; for cached
-    computations (st.cache_data's own spinner turns, see `still`). Nothing unless
-    `when` (work that never waits draws nothing)."""
-    if not when:
-        yield
-        return
-    box = st.empty()
-    still()
-    box.caption(f":material/hourglass_top: {text}")
-    try:
-        yield
-    finally:
-        box.empty()
 
 
 def show(image, caption: str | None = None, size: int = 256, container=st) -> None:

@@ -1,0 +1,94 @@
+"""The app's compute layer: two `tda.pool` pools of worker processes, shared by every
+session of the server (`st.cache_resource`).
+
+- "cheap": one process for a page's own short chains (a sample with its trajectory,
+  one counterfactual), so they never wait behind a sweep;
+- "long": `Limits.jobs` processes (at most the cores) for sweeps, member samples,
+  verification, the candidate test and live evaluation, with `Limits.queue` places in
+  its queue and the last `RESULTS_KEPT` results kept for everyone.
+Both run one job per key whoever asks (a second session joins the first), at
+niceness `Limits.nice` with `Limits.threads` torch threads, so serving pages goes
+first. A waiting page shows its place in the queue or the job's progress; a job
+nobody waits for any more is cancelled (`tda.pool`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import streamlit as st
+
+from tda.limits import limits
+from tda.pool import QUEUED, Busy, Job, Pool, Status
+
+POLL_S = 0.5  # a waiting page redraws its place or progress this often
+RESULTS_KEPT = 256  # finished long results kept for everyone (least recently used go)
+PRELOAD = ("tda.app_jobs", "tda.attribution", "tda.candidate")  # imported once, shared
+BUSY = ("The server is busy: every worker is taken and the queue is full. Try again in a "
+        "minute; results others computed meanwhile will be ready at once.")
+
+
+@dataclass(frozen=True)
+class Pools:
+    cheap: Pool
+    long: Pool
+
+
+@st.cache_resource(show_spinner=False)
+def pools() -> Pools:
+    lim = limits()
+    kw = dict(queue=lim.queue, nice=min(lim.nice, 19), threads=lim.threads, preload=PRELOAD)
+    jobs = max(1, min(lim.jobs, os.cpu_count() or 1))
+    return Pools(Pool(1, name="tda-cheap", **kw),
+                 Pool(jobs, keep=RESULTS_KEPT, name="tda-long", **kw))
+
+
+def _submit(pool: Pool, job: Job):
+    try:
+        return pool.submit(job)
+    except Busy:
+        st.warning(BUSY, icon=":material/hourglass_disabled:")
+        st.stop()
+
+
+def cheap(key: tuple, fn, *args) -> Any:
+    """fn(*args) in the cheap lane, waited for without drawing (callers may be cached
+    functions, whose drawings Streamlit would replay)."""
+    with _submit(pools().cheap, Job(key, fn, args)) as ticket:
+        return ticket.result()
+
+
+def long(key: tuple, fn, *args, text: str) -> Any:
+    """fn(*args) in the long lane: a known or joined result, or a new job. While it
+    waits the page shows its place in the queue or its progress, redrawn every
+    `POLL_S`; each draw is where Streamlit stops the run of a page its visitor left,
+    which releases the ticket."""
+    with _submit(pools().long, Job(key, fn, args)) as ticket:
+        if not ticket.wait(0.05):
+            box = st.empty()
+            while not ticket.wait(POLL_S):
+                show(box, ticket.status(), text)
+            box.empty()
+        return ticket.result()
+
+
+def kept(key: tuple, default: Any = None) -> Any:
+    """The long lane's kept result of `key` (computed before, by anyone), else `default`."""
+    return pools().long.result(key, default)
+
+
+def show(box, s: Status, text: str) -> None:
+    """A waiting page's view of its job: place in the queue, or progress."""
+    if s.state == QUEUED:
+        box.info(
+            f"**Queued: place {s.place} of {s.queued}** ({s.running} computation(s) "
+            "running). It starts by itself; anyone who asks the same gets the same result.",
+            icon=":material/hourglass_top:",
+        )
+        return
+    done, total, what = s.report or (0.0, 0.0, None)
+    fraction = min(1.0, done / total) if total else 0.0
+    count = f" {done:.0f}/{total:.0f}" if total else ""
+    box.progress(fraction, text=f"{what or text}{count}")
