@@ -20,7 +20,7 @@ import safetensors.torch
 import torch
 
 from . import TdaError
-from . import train as tr
+from . import fit as tr
 from .config import RunConfig
 from .ensemble import member_dir
 from .executor import Executor, Job, JobError, LocalExecutor

@@ -17,7 +17,8 @@ from tda.api import Explorer
 from tda.attribution import attribute, exact_counterfactuals, jacobian
 from tda.encoding import without_codes
 from tda.ensemble import load_run, member_dir
-from tda.train import CKPT_DIR, train_run
+from tda.fit import CKPT_DIR
+from tda.train import train_run
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
 

@@ -28,7 +28,8 @@ from tda.candidate import candidate_tests
 from tda.encoding import phantom_codes
 from tda.ensemble import MANIFEST, member_dir
 from tda.executor import FAULT_DIR_ENV, Job, JobError, LocalExecutor, RayExecutor
-from tda.train import CKPT_DIR, train_run
+from tda.fit import CKPT_DIR
+from tda.train import train_run
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402

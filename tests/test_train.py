@@ -18,16 +18,8 @@ from tda import TdaError
 from tda.config import DataConfig, EnsembleConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
 from tda.data import load_images, load_raw
 from tda.ensemble import MANIFEST, load_run, member_dir
-from tda.train import (
-    BASE_DIR,
-    CKPT_DIR,
-    STARTED,
-    base_data,
-    learning_rate,
-    member_seed,
-    new_member,
-    train_run,
-)
+from tda.fit import BASE_DIR, CKPT_DIR, STARTED, base_data, learning_rate, member_seed, new_member
+from tda.train import train_run
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +57,7 @@ def test_interrupted_training_resumes_to_the_same_bits(tiny_run_dir, tmp_path, c
 
 
 def test_finished_members_are_never_retrained(tiny_run_dir, tiny_run_copy, monkeypatch):
-    import tda.train
+    import tda.fit
 
     shutil.rmtree(member_dir(tiny_run_copy, 3))
     (tiny_run_copy / MANIFEST).unlink()
@@ -73,13 +65,13 @@ def test_finished_members_are_never_retrained(tiny_run_dir, tiny_run_copy, monke
         i: os.stat(member_dir(tiny_run_copy, i) / WEIGHTS).st_mtime_ns for i in range(6) if i != 3
     }
     trained = []
-    real = tda.train.train_member
+    real = tda.fit.train_member
 
     def spy(out, config, i, *a, **kw):
         trained.append(i)
         return real(out, config, i, *a, **kw)
 
-    monkeypatch.setattr(tda.train, "train_member", spy)
+    monkeypatch.setattr(tda.fit, "train_member", spy)
     assert train_run(tiny_run_copy, tiny_config(), workers=1, progress=False)
     assert trained == [3]
     after = {i: os.stat(member_dir(tiny_run_copy, i) / WEIGHTS).st_mtime_ns for i in before}
