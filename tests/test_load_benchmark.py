@@ -3,14 +3,12 @@ visitors see every page finish and fetch the pages' media."""
 
 import asyncio
 import importlib.util
-import sys
 from pathlib import Path
 
 _spec = importlib.util.spec_from_file_location(
     "load_benchmark", Path(__file__).resolve().parent.parent / "benchmarks" / "load.py"
 )
 load = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = load  # its dataclasses look their module up there
 _spec.loader.exec_module(load)
 
 
