@@ -38,7 +38,7 @@ PAGES = (
 PAGE_TIMEOUT_S = 900.0  # the longest one page view may take
 MEDIA_CONNECTIONS = 6  # a browser's parallel HTTP/1.1 connections to one host
 MEDIA = re.compile(rb"/media/[0-9A-Za-z_.-]+")
-QUEUED = re.compile(r"queue|place \d+|waiting", re.I)
+QUEUED = re.compile(r"\bqueued?\b|\bplace \d+", re.I)
 REFUSED = re.compile(r"\bbusy\b|queue is full|try again", re.I)
 
 FINISHED = ForwardMsg.FINISHED_SUCCESSFULLY
