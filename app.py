@@ -93,26 +93,33 @@ render.chart("Interactive code matrix (hover for each image)",
              picture=pictures.code_matrix_image(run.codes))
 
 st.subheader("How a counterfactual works")
-code = run.codes[0]
-st.image(pictures.weights_image(code, 0), output_format="PNG")
+row = results.own_image(ctx.key, ctx.seed, ctx.combine)  # the sample's own nearest image
+code = run.codes[row]
+st.image(pictures.weights_image(code, row), output_format="PNG")
 cf, _ = results.counterfactual(ctx.key, ctx.seed, tuple(bool(b) for b in code == 0), ctx.combine)
+before, after = views.distances_to(run.images[row], cf.sample, cf.counterfactual)
 c = st.columns([4, 3])
-names = ["training image #0", f"sample (seed {ctx.seed})", "without image #0", "residual"]
+names = [f"training image #{row}", f"sample (seed {ctx.seed})", f"without image #{row}",
+         "residual"]
 with c[0]:  # one picture, captions drawn in (and said below it), not four
-    render.sheet([views.to_image(run.images[0], 128), views.to_image(cf.sample, 128),
+    render.sheet([views.to_image(run.images[row], 128), views.to_image(cf.sample, 128),
                   views.to_image(cf.counterfactual, 128), views.residual_image(cf.residual, 128)],
                  names, cols=4, size=128, caption=" · ".join(names))
 c[1].markdown(
-    (f"The full ensemble averages all {run.n} members' noise predictions. "
-     if ctx.combine == "mean" else
-     f"The full ensemble mixes all {run.n} members, each weighted by how well it explains "
-     "the trajectory so far. ")
-    + "Training image #0 "
-    f"was seen by members {', '.join(map(str, views.members_of(code)))}; switch them off, "
-    f"spread the weight over the {run.n - run.h} members that never saw it, and run the "
-    "chain again **with the same noise**. The residual is what image #0 contributed — plus "
-    "the quirks of the members that were switched off, which is why phantom codes (owned "
-    "by no image) measure the noise floor."
+    f"Training image #{row} is the one nearest to this sample (distance {before:.2f}). "
+    + (f"The full ensemble averages all {run.n} members' noise predictions. "
+       if ctx.combine == "mean" else
+       f"The full ensemble mixes all {run.n} members, each weighted by how well it explains "
+       "the trajectory so far. ")
+    + f"Image #{row} was seen by members {', '.join(map(str, views.members_of(code)))}; "
+    f"switch them off, spread the weight over the {run.n - run.h} members that never saw "
+    "it, and run the chain again **with the same noise**. "
+    f"Without it the sample is {after:.2f} from the image: **resemblance lost "
+    f"{after - before:+.2f}**"
+    + (" — the sample looked like this image *because of* it." if after - before > 1 else
+       " — little changes: this sample does not owe its look to this one image.")
+    + " Part of any residual is the quirks of the members switched off, which is why "
+    "phantom codes (owned by no image) measure the noise floor."
 )
 
 st.caption(

@@ -29,12 +29,14 @@ only = b2.selectbox(
     "Member", range(n), key="only_member", on_change=sidebar.keep("only_member", 0, (0, n - 1))
 )
 b3.button(f"Only member {only}", on_click=_set_mask, args=(np.arange(n) == only,), width="stretch")
+own = results.own_image(ctx.key, ctx.seed, ctx.combine)  # the sample's nearest image
 row = b4.number_input(
     "Training image #",
     0,
     run.N - 1,
-    key="remove_row",
-    on_change=sidebar.keep("remove_row", 0, (0, run.N - 1)),
+    key=f"remove_row_{ctx.seed}",
+    on_change=sidebar.keep(f"remove_row_{ctx.seed}", own, (0, run.N - 1)),
+    help=f"Opens on #{own}, the training image nearest to this sample.",
 )
 b5.button(
     f"Remove image #{row}",

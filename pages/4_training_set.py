@@ -4,7 +4,7 @@ import numpy as np
 import streamlit as st
 
 from tda import views
-from ui import render, results, sidebar
+from ui import attribution, render, results, sidebar
 from ui.upload import UploadError, read_image
 
 PAGE_SIZE = 32
@@ -46,12 +46,14 @@ render.sheet(run.images[shown], [f"#{j}: {int(run.labels[j])}" for j in shown], 
 # -- one image ---------------------------------------------------------------------------
 st.subheader("One training image")
 left, right = st.columns([1, 3])
+own = results.own_image(ctx.key, ctx.seed, ctx.combine)  # the sample's nearest image
 j = left.number_input(
     "Training image #",
     0,
     run.N - 1,
-    key="picked",
-    on_change=sidebar.keep("picked", 0, (0, run.N - 1)),
+    key=f"picked_{ctx.seed}",
+    on_change=sidebar.keep(f"picked_{ctx.seed}", own, (0, run.N - 1)),
+    help=f"Opens on #{own}, the training image nearest to the sample of seed {ctx.seed}.",
 )
 render.show(run.images[j], f"#{j} · label {int(run.labels[j])}", 192, left)
 with right:
@@ -61,20 +63,22 @@ with right:
         f"{', '.join(map(str, members))}; never by "
         f"{', '.join(str(i) for i in range(run.n) if i not in members)}."
     )
+    _, _, figs = results.methods(ctx.key, ctx.combine)
     cached = [
         (mth, a)
-        for mth in results.METHODS
+        for mth in figs
         if (a := results.cached_attribution(ctx.key, ctx.seed, mth, ctx.combine)) is not None
     ]
     if cached:
         for mth, a in cached:
             rank = int(np.flatnonzero(a.order == j)[0]) + 1
             c = st.columns([3, 2])
+            s = a.scores[j]
             c[0].markdown(
-                f"Influence on the sample of seed {ctx.seed} ({mth}): score "
-                f"**{a.scores[j]:.4f}**, rank {rank} of {run.N}"
+                f"On the sample of seed {ctx.seed} ({mth}): {a.score} "
+                f"**{'not scored' if np.isnan(s) else f'{s:.3f}'}**, rank {rank} of {run.N}"
             )
-            render.pvalue_badge(float(a.pvalues[j]), container=c[1])
+            attribution.badge(a, j, figs[mth], container=c[1])
     else:
         st.caption(
             f"No attribution of seed {ctx.seed} is cached yet: run one on the "

@@ -8,6 +8,7 @@ live in `attribution.py` and take an Explorer.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,9 @@ from .sampling import (
     sample_chains,
     stack_noise,
 )
+from .scores import Scorer, make_scorer
+
+log = logging.getLogger(__name__)
 
 MAX_SEED = 2**31 - 1
 MAX_CACHED_SAMPLES = 256  # per Explorer: a shared server must not grow without bound
@@ -79,16 +83,36 @@ class Explorer:
             raise TdaError(f"combine must be one of {', '.join(COMBINE_RULES)}, got {self.combine!r}")
         self._chain = lru_cache(maxsize=8)(lambda k: make_chain(self.run.scheduler, k))
         self._samples: OrderedDict[tuple[int, int], Sample] = OrderedDict()
+        self._scorer: Scorer | None = None
 
     def with_combine(self, combine: str | None) -> Explorer:
         """This run's Explorer for another combination rule (same loaded members)."""
         if combine is None or combine == self.combine:
             return self
-        return Explorer(self.run, self.device, self.chunk, combine)
+        other = Explorer(self.run, self.device, self.chunk, combine)
+        other._scorer = self._scorer
+        return other
 
     @property
     def n(self) -> int:
         return self.run.n
+
+    def scorer(self) -> Scorer:
+        """Scores of this run's training rows (`scores.Scorer`), with feature scores when the
+        run has a classifier (`classifier/`, written by `evaluate`); made once."""
+        if self._scorer is None:
+            from .metrics import features, load_classifier
+
+            folder = Path(self.run.path) / "classifier"
+            clf = None
+            if folder.is_dir():
+                try:
+                    clf = load_classifier(folder, self.run.config.data, self.device)
+                except TdaError as e:
+                    log.warning("no feature scores: %s", e)
+            fmap = None if clf is None else (lambda x: features(clf, x))
+            self._scorer = make_scorer(self.run.images, fmap)
+        return self._scorer
 
     def steps(self, steps: int | None) -> int:
         return int(self.run.config.sample.num_inference_steps if steps is None else steps)

@@ -1,17 +1,20 @@
-"""Scores for every training image of one sample, their counterfactuals, and the noise floor.
+"""Counterfactuals of every training image for one sample, their scores and the noise floor.
 
-Methods (all return an `Attribution`; higher score = more influential):
+Methods (all return an `Attribution`; `scores.py` turns counterfactuals into scores):
 - `exact`: the chain with u_-x (members that never saw x) and the same noise, for
-  every x at once in batched sweeps; score ||y(u_-x) - y(u0)||.
+  every x at once in batched sweeps.
+- `screened`: the SCREEN_ROWS training images nearest to the sample (FAISS), each
+  with its exact counterfactual; the rest are not scored (they follow in nearness
+  order). Exact where it matters, at a fraction of `exact`'s chains.
 - `jacobian`: J = dy/dv at u0 by forward finite differences through the whole chain
   (n + 1 chains), then y(u_-x) ~ y(u0) + J (u_-x - u0) for all x in one product.
 - `last-step`: full ensemble until the last step, u_-x only in the final step.
 - `individual`: each member alone, r_i = y(e_i) - y(u0), centred form
   sum_i (u_-x - u0)_i r_i; `individual-paper`: the paper's -sum_{i in x} r_i / (n - h).
-- `nearest`: pixel-space nearness through FAISS (score = -L2 distance).
-Each scores phantom codes (weight h, given to no image) the same way: their scores
-are pure member-subset noise, giving every image a p-value and the sample an
-attributability figure (DESIGN.md section 8).
+- `nearest`: pixel-space nearness through FAISS (score `nearness` = -L2 distance): no
+  counterfactual, so no influence.
+Each method gives phantom codes (weight h, given to no image) counterfactuals the same
+way; every score's floor comes from them (DESIGN.md section 8, `scores.py`).
 `run_chains` runs the chains of many weight rows here or as tasks of an executor (Ray):
 the exact sweeps, the candidate test's ablations and the evaluation's samples.
 """
@@ -19,9 +22,11 @@ the exact sweeps, the candidate test's ablations and the evaluation's samples.
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,61 +37,102 @@ from .encoding import phantom_codes, u0, without_codes
 from .executor import Executor, Job, LocalExecutor, open_explorer, run_source
 from .index import load_index, search
 from .sampling import mix_step
+from .scores import DEFAULT_SCORE, SCORES, bh_qvalues, order_of, pvalues
 
-METHODS = ("exact", "jacobian", "last-step", "individual", "individual-paper", "nearest")
+METHODS = ("screened", "exact", "jacobian", "last-step", "individual", "individual-paper",
+           "nearest")
+COUNTERFACTUAL_METHODS = METHODS[:-1]
+DEFAULT_METHOD = "screened"  # when the run's report has not measured the methods
 MAX_PHANTOMS = 512
 MIN_PHANTOMS = 256  # a p99 estimated from fewer draws is just their maximum
+SCREEN_ROWS = 32  # `screened`: the nearest images that get exact counterfactuals
+SCREEN_PHANTOMS = 64  # `screened`: exact phantom chains for the floor (p >= 1/65)
 SWEEP_CHUNK = 512  # chains per exact sweep pass (memory and progress granularity)
 FD_STEP = 3e-3  # forward finite-difference step on each member weight (u0 entries are 1/n);
-# measured at N = 1,024: as close to exact as central differences (benchmarks/README.md)
+# as close to exact as central differences at N = 1,024 (benchmarks/README.md)
 FD_STEP_CENTRAL = 1e-2  # the step of central differences
+REPORT = Path("report") / "report.json"
 
 Progress = Callable[[int, int], None] | None
 
 
 @dataclass
 class Attribution:
-    """Scores of every training row for one sample, with the noise floor."""
+    """Scores of the training rows for one sample under each score, with their floors.
+
+    `scores_by[name]` [N] (NaN: a row the method did not score), `nulls_by[name]` the
+    phantoms' scores: [P] shared by every row (magnitude) or [N, P] one floor per row
+    (resemblance, features). `score` is the one that ranks; `scores`, `null_scores`,
+    `pvalues`, `qvalues` and `order` are of it. Unscored rows follow the scored ones in
+    `base_order` (the screen they were picked from), or in row order.
+    """
 
     method: str
     seed: int
     steps: int
     sample: torch.Tensor  # [C, H, W]
-    scores: np.ndarray  # float32 [N]
-    null_scores: np.ndarray  # float32 [P], phantom codes scored the same way
+    scores_by: dict[str, np.ndarray]
+    nulls_by: dict[str, np.ndarray]
     seconds: float
-    exact: bool  # scores are exact counterfactual chains
-    order: np.ndarray = field(default=None)  # int64 [N], descending
+    exact: bool  # every row's counterfactual is an exact chain
+    score: str = DEFAULT_SCORE
     verified_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    pvalues: np.ndarray = field(default=None)  # [N]
+    base_order: np.ndarray | None = None
     state: dict[str, torch.Tensor] = field(default_factory=dict)  # for counterfactuals_for
 
     def __post_init__(self):
-        if self.order is None:
-            self.order = np.argsort(-self.scores, kind="stable").astype(np.int64)
-        if self.pvalues is None:
-            self.pvalues = empirical_pvalues(self.scores, self.null_scores)
+        if self.score not in self.scores_by:
+            raise TdaError(f"method {self.method} has no score {self.score!r}; it has "
+                           f"{', '.join(self.scores_by)}")
+        s = self.scores
+        if self.base_order is None:
+            self.order = order_of(s)
+        else:  # scored rows by score, then the rest in the screen's order
+            scored = np.isfinite(s)
+            top = np.flatnonzero(scored)[np.argsort(-s[scored], kind="stable")]
+            self.order = np.concatenate([top, self.base_order[~scored[self.base_order]]])
+        self.pvalues = pvalues(s, self.null_scores)
+        self.qvalues = bh_qvalues(self.pvalues)
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self.scores_by[self.score]
+
+    @property
+    def null_scores(self) -> np.ndarray:
+        return self.nulls_by[self.score]
+
+    def with_score(self, score: str) -> Attribution:
+        """The same counterfactuals ranked by another score."""
+        return replace(self, score=score)
+
+    def floor_of(self, row: int) -> np.ndarray:
+        """The phantoms' scores that row `row` is compared with: [P]."""
+        null = self.null_scores
+        return null[row] if null.ndim == 2 else null
 
     def top(self, k: int) -> np.ndarray:
         return self.order[:k]
 
     @property
     def attributability(self) -> dict:
-        """Top-1 score / phantom p99, images above p99 vs. the number chance predicts."""
-        if len(self.null_scores) == 0:
-            return {
-                "top1_ratio": float("nan"),
-                "p99": float("nan"),
-                "n_above": 0,
-                "expected_above": float("nan"),
-            }
-        p99 = float(np.quantile(self.null_scores, 0.99))
-        top1 = float(self.scores[self.order[0]])
+        """Top-1 score / its floor's p99, rows above their p99 vs the number chance predicts."""
+        scored = np.isfinite(self.scores)
+        P = self.null_scores.shape[-1]
+        if P == 0 or not scored.any():
+            return {"top1_ratio": float("nan"), "p99": float("nan"), "n_above": 0,
+                    "expected_above": float("nan")}
+        null = self.null_scores
+        p99 = (np.quantile(null, 0.99, axis=-1) if null.ndim == 2 else
+               np.full(len(scored), np.quantile(null, 0.99)))
+        top = int(self.order[0])
+        s = float(self.scores[top])
+        ratio = s / p99[top] if p99[top] > 0 else float("inf") if s > 0 else 0.0
         return {
-            "top1_ratio": top1 / p99 if p99 > 0 else float("inf"),
-            "p99": p99,
-            "n_above": int((self.scores > p99).sum()),
-            "expected_above": 0.01 * len(self.scores),
+            "top1_ratio": float(ratio),
+            "p99": float(p99[top]),
+            "n_above": int((self.scores[scored] > p99[scored]).sum()),
+            "expected_above": 0.01 * int(scored.sum()),
         }
 
 
@@ -97,57 +143,70 @@ def default_phantoms(n_images: int) -> int:
 
 def empirical_pvalues(scores: np.ndarray, null: np.ndarray) -> np.ndarray:
     """P(null >= score) with the +1 correction; NaN without a null."""
-    if len(null) == 0:
-        return np.full(len(scores), np.nan, dtype=np.float32)
-    s = np.sort(np.asarray(null))
-    ge = len(s) - np.searchsorted(s, scores, side="left")
-    return ((1 + ge) / (1 + len(s))).astype(np.float32)
+    return pvalues(scores, null)
+
+
+def default_method(run_path: str | Path, combine: str) -> str:
+    """The method the run's report measured best under `combine` (`evaluate --parts
+    attribution`), else DEFAULT_METHOD."""
+    try:
+        report = json.loads((Path(run_path) / REPORT).read_text())
+        method = report["attribution"]["rules"][combine]["default_method"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEFAULT_METHOD
+    return method if method in METHODS else DEFAULT_METHOD
 
 
 def attribute(
     explorer: Explorer,
     seed: int,
-    method: str = "jacobian",
+    method: str | None = None,
     steps: int | None = None,
     n_phantoms: int | None = None,
     progress: Progress = None,
     executor: Executor | None = None,
+    score: str = DEFAULT_SCORE,
 ) -> Attribution:
-    """Score every training image of the run for the sample of `seed`; `executor`: where
-    the exact method's sweeps run (default: here)."""
+    """Score the training images of the run for the sample of `seed` and rank them by
+    `score`; `method` None: the run's measured default under the explorer's rule;
+    `executor`: where exact sweeps run (default: here)."""
+    method = default_method(explorer.run.path, explorer.combine) if method is None else method
     if method not in METHODS:
         raise TdaError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if score not in SCORES:
+        raise TdaError(f"unknown score {score!r}; choose one of {', '.join(SCORES)}")
     codes = explorer.run.codes
-    P = default_phantoms(len(codes)) if n_phantoms is None else n_phantoms
-    ph = phantom_codes(codes, P, seed=1)
     t0 = time.perf_counter()
     sample = explorer.sample(seed, steps).sample
-    if method == "nearest":
-        scores, null, state, exact = _nearest(explorer, sample), np.zeros(0, np.float32), {}, False
-    else:
-        fn = {
-            "exact": functools.partial(_exact, executor=executor),
-            "jacobian": _jacobian,
-            "last-step": _last_step,
-            "individual": _individual,
-            "individual-paper": _individual,
-        }[method]
-        res, state = fn(explorer, seed, steps, np.concatenate([codes, ph]), method, progress)
-        norms = res.flatten(1).norm(dim=1).numpy().astype(np.float32)
-        scores, null, exact = norms[: len(codes)], norms[len(codes) :], method == "exact"
-        if exact:
-            state = {"residuals": res[: len(codes)]}
-    return Attribution(
-        method,
-        int(seed),
-        explorer.steps(steps),
-        sample,
-        scores,
-        null,
-        time.perf_counter() - t0,
-        exact,
-        state=state,
-    )
+    steps = explorer.steps(steps)
+    if method in ("nearest", "screened"):
+        near = Attribution("nearest", int(seed), steps, sample,
+                           {"nearness": _nearest(explorer, sample)},
+                           {"nearness": np.zeros(0, np.float32)},
+                           time.perf_counter() - t0, False, score="nearness")
+        if method == "nearest":
+            return near
+        P = SCREEN_PHANTOMS if n_phantoms is None else n_phantoms
+        att = verify_topk(explorer, near, SCREEN_ROWS, P, progress, executor)
+        return replace(att, method=method, score=score,
+                       seconds=time.perf_counter() - t0)
+    P = default_phantoms(len(codes)) if n_phantoms is None else n_phantoms
+    ph = phantom_codes(codes, P, seed=1)
+    fn = {
+        "exact": functools.partial(_exact, executor=executor),
+        "jacobian": _jacobian,
+        "last-step": _last_step,
+        "individual": _individual,
+        "individual-paper": _individual,
+    }[method]
+    res, state = fn(explorer, seed, steps, np.concatenate([codes, ph]), method, progress)
+    N = len(codes)
+    scores_by, nulls_by = explorer.scorer()(sample + res[:N], np.arange(N), sample + res[N:],
+                                            sample)
+    if method == "exact":
+        state = {"residuals": res[:N]}
+    return Attribution(method, int(seed), steps, sample, scores_by, nulls_by,
+                       time.perf_counter() - t0, method == "exact", score=score, state=state)
 
 
 def exact_counterfactuals(
@@ -328,7 +387,8 @@ def _nearest(explorer: Explorer, sample: torch.Tensor) -> np.ndarray:
 
 
 def _exact_wanted(att: Attribution, exact: bool) -> bool:
-    return exact or att.exact or att.method == "nearest"
+    """Methods without counterfactuals of their own for every row: exact chains."""
+    return exact or att.exact or att.method in ("nearest", "screened")
 
 
 def _stored_counterfactuals(att: Attribution, rows: np.ndarray) -> torch.Tensor | None:
@@ -375,38 +435,41 @@ def verify_topk(
     progress: Progress = None,
     executor: Executor | None = None,
 ) -> Attribution:
-    """Re-score the top m rows of an approximate attribution with exact chains.
+    """Re-score the top m rows of an attribution with exact chains.
 
-    The verified rows move to the front in exact order and get exact scores and
-    p-values against `n_phantoms` phantoms scored exactly; other rows keep the
-    approximation's scores and order behind them. `executor`: where the chains run.
+    The m rows get exact counterfactuals and every score from them, with floors from
+    `n_phantoms` phantoms run exactly; the other rows are not scored and follow in
+    `att`'s order. `executor`: where the chains run.
     """
-    if att.exact:
+    if att.exact or len(att.verified_rows):
         return att
     t0 = time.perf_counter()
     top = att.order[:m]
-    m = len(top)
+    m, N = len(top), len(att.order)
     codes = explorer.run.codes
     ph = phantom_codes(codes, n_phantoms, seed=1)
     cf = exact_counterfactuals(
         explorer, att.seed, att.steps, np.concatenate([codes[top], ph]), progress, executor
     )
-    norms = (cf - att.sample).flatten(1).norm(dim=1).numpy().astype(np.float32)
-    exact_top, exact_null = norms[:m], norms[m:]
-    scores = att.scores.copy()
-    scores[top] = exact_top
-    pvalues = att.pvalues.copy()
-    pvalues[top] = empirical_pvalues(exact_top, exact_null)
-    order = np.concatenate([top[np.argsort(-exact_top, kind="stable")], att.order[m:]])
-    state = dict(att.state, verified_cf=cf[:m])
+    s, nl = explorer.scorer()(cf[:m], top, cf[m:], att.sample)
+    scores_by, nulls_by = {}, {}
+    for name, v in s.items():
+        scores_by[name] = np.full(N, np.nan, np.float32)
+        scores_by[name][top] = v
+        if nl[name].ndim == 2:
+            nulls_by[name] = np.full((N, nl[name].shape[1]), np.nan, np.float32)
+            nulls_by[name][top] = nl[name]
+        else:
+            nulls_by[name] = nl[name]
+    score = att.score if att.score in scores_by else DEFAULT_SCORE
     return replace(
         att,
         method=f"{att.method}+verify",
-        scores=scores,
-        null_scores=exact_null,
-        pvalues=pvalues,
-        order=order,
+        scores_by=scores_by,
+        nulls_by=nulls_by,
+        score=score,
+        base_order=att.order.copy(),
         verified_rows=top.copy(),
-        state=state,
+        state=dict(att.state, verified_cf=cf[:m]),
         seconds=att.seconds + time.perf_counter() - t0,
     )

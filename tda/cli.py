@@ -109,11 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_counterfactual)
 
     from .attribution import METHODS
+    from .scores import SCORES
 
     at = sub.add_parser("attribute", help="score every training image for one sample")
     _run_arg(at)
     _seed_steps(at)
-    at.add_argument("--method", default="jacobian", choices=METHODS)
+    at.add_argument("--method", default=None, choices=METHODS,
+                    help="default: the method the run's report measured best for its rule "
+                    "(else screened)")
+    at.add_argument("--score", default=None, choices=SCORES,
+                    help="the score that ranks (default: resemblance; nearest: nearness)")
     at.add_argument("--top-k", type=int, default=None, help="also write the top-k counterfactuals")
     at.add_argument("--verify", type=int, default=None, metavar="M",
                     help="re-check the best M candidates with exact chains and re-rank")
@@ -149,7 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     _run_arg(ev)
     ev.add_argument("--out", type=Path, default=None, help="report folder (default: RUN/report)")
     ev.add_argument("--samples", type=int, default=512, help="samples per weight vector")
-    ev.add_argument("--seeds", type=int, default=16, help="seeds scored by every method")
+    ev.add_argument("--seeds", type=int, default=64,
+                    help="held-out seeds scored exactly and by every method (the run's rule)")
+    ev.add_argument("--other-rule-seeds", type=int, default=16,
+                    help="the same under the other combination rule")
     ev.add_argument("--draws", type=int, default=3, help="random draws per sub-ensemble size")
     ev.add_argument("--sizes", default="1,2,4,8,12", help="sub-ensemble sizes (n is added)")
     ev.add_argument("--compare-runs", default="", help="other run folders, comma separated")
@@ -385,6 +393,7 @@ def cmd_attribute(a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .attribution import attribute, counterfactuals_for, verify_topk
+    from .scores import DEFAULT_SCORE
 
     ex = _explorer(a)
     if a.top_k is not None and not 1 <= a.top_k <= ex.run.N:
@@ -399,20 +408,24 @@ def cmd_attribute(a: argparse.Namespace) -> int:
 
         with _executor(a) as executor:
             att = attribute(ex, a.seed, a.method, a.steps, n_phantoms=a.phantoms,
-                            progress=progress, executor=executor)
+                            progress=progress, executor=executor, score=a.score or DEFAULT_SCORE)
             if a.verify:
                 att = verify_topk(ex, att, a.verify, progress=progress, executor=executor)
+    if a.score is not None and a.score not in att.scores_by:
+        raise TdaError(f"method {att.method} has no score {a.score!r}")
     out = {"scores": torch.from_numpy(att.scores), "order": torch.from_numpy(att.order),
            "sample": att.sample, "null_scores": torch.from_numpy(att.null_scores),
-           "pvalues": torch.from_numpy(att.pvalues)}
+           "pvalues": torch.from_numpy(att.pvalues), "qvalues": torch.from_numpy(att.qvalues)}
+    for name, v in att.scores_by.items():
+        out[f"score_{name}"] = torch.from_numpy(v.copy())
     if a.top_k:
         top = att.top(a.top_k)
-        exact = att.exact or bool(a.verify) or a.method == "nearest"
+        exact = att.exact or bool(a.verify) or att.method in ("nearest", "screened")
         out["topk_index"] = torch.from_numpy(top)
         out["topk_counterfactual"] = counterfactuals_for(ex, att, top, exact=exact).contiguous()
     _save(out, a.out)
     s = att.attributability
-    print(f"{a.out}: {att.method} over N={ex.run.N} in {att.seconds:.1f} s; top-1 row "
+    print(f"{a.out}: {att.method} ({att.score}) over N={ex.run.N} in {att.seconds:.1f} s; top-1 row "
           f"{att.order[0]} (p={att.pvalues[att.order[0]]:.3g}); top-1 / phantom p99 = "
           f"{s['top1_ratio']:.2f}; {s['n_above']} images above p99 (chance {s['expected_above']:.1f})")
     return 0
@@ -423,10 +436,12 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
     from .evaluate import REPORT, EvalSizes, evaluate
 
-    sizes = EvalSizes(a.samples, a.seeds, a.draws, tuple(_int_list(a.sizes, "--sizes")),
-                      a.classifier_steps, a.tar_samples, a.tar_controls,
-                      tuple(r.strip() for r in a.tar_rules.split(",") if r.strip()),
-                      tuple(p.strip() for p in a.parts.split(",") if p.strip()))
+    sizes = EvalSizes(
+        samples=a.samples, seeds=a.seeds, other_rule_seeds=a.other_rule_seeds, draws=a.draws,
+        sizes=tuple(_int_list(a.sizes, "--sizes")), classifier_steps=a.classifier_steps,
+        tar_samples=a.tar_samples, tar_controls=a.tar_controls,
+        tar_rules=tuple(r.strip() for r in a.tar_rules.split(",") if r.strip()),
+        parts=tuple(p.strip() for p in a.parts.split(",") if p.strip()))
     out = a.out or a.run / "report"
     bars: dict[str, tqdm] = {}
 
@@ -458,7 +473,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         print(f"  FD in a classifier's features (not Inception FID): ensemble "
               f"{f['fd_ensemble']:.3g}, members median {np.median(f['fd_members']):.3g}")
     if "attribution" in report:
-        nf = report["attribution"]["noise_floor"]
-        print(f"  top-1 above phantom p99 on {nf['share_top1_above_p99']:.0%} of "
-              f"{len(report['attribution']['seeds'])} seeds")
+        for rule, r in report["attribution"]["rules"].items():
+            best = r["default_method"]
+            fig = r["methods"][best]["scores"]["resemblance"]
+            print(f"  {rule}: default method {best}, top-1 agrees with exact on "
+                  f"{fig['top1_agreement']:.0%} of {len(r['seeds'])} held-out seeds")
     return 0

@@ -9,14 +9,13 @@ blocks of seeds and attributions per seed, under `out/cache/`):
   of every member alone vs real held-out images; share classified with confidence >= 0.9;
 - convergence: sub-ensembles of k members (random draws), mean L2 distance of their
   samples to the full ensemble's under the same noise, and their FD;
-- agreement: every approximation and `nearest` vs exact scores (Spearman, Pearson,
-  top-10 overlap) over several seeds;
-- noise floor and class agreement: real vs phantom exact scores, attributability per
-  seed, how often the exact top-10 share the sample's class vs chance;
+- attribution: every method against exact counterfactuals on held-out seeds, per rule
+  and per score (`agreement.py`): top-1 agreement, the copied image's rank, Spearman,
+  top-10 overlap, seconds, which methods fail and the default method of each rule;
 - candidate: the candidate-first test (`candidate.py`) on held-out seeds under both
   combination rules: TAR / FAR with 95% bootstrap intervals, the continuous version,
   per-sample flip rates, how often samples copy a training image;
-- compare: the same noise-floor and TAR summaries on other runs (attributability vs N);
+- compare: the same method agreement and TAR summaries on other runs;
 - cost: seconds of each part.
 """
 
@@ -33,11 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from scipy.stats import ks_2samp
 
 from . import TdaError
+from .agreement import rule_agreement
 from .api import Explorer
-from .attribution import METHODS, Attribution, attribute, run_chains
+from .attribution import run_chains
 from .candidate import candidate_tests, tar
 from .ensemble import MANIFEST
 from .executor import Executor
@@ -51,30 +50,28 @@ from .metrics import (
     frechet_distance,
     heldout_split,
     load_classifier,
-    pearson,
     probabilities,
-    spearman,
-    topk_overlap,
 )
 from .sampling import COMBINE_RULES
+from .scores import DEFAULT_SCORE, SCORE_VERSION
 
 FORMAT_VERSION = 1
 REPORT = "report.json"
 PARTS_DIR = "parts"
 CACHE_DIR = "cache"
 BLOCK = 32  # seeds per saved block of samples
-TOP_K = 10
-HIST_BINS = 40
 
 Progress = Callable[[str, float, int], None] | None  # (what, done, total)
 PARTS = ("candidate", "fidelity", "convergence", "attribution", "compare")
 TAR_SEED0 = 100_000  # the candidate test's seeds: held out from the app's and the other parts'
+ATTR_SEED0 = 200_000  # the attribution part's seeds
 
 
 @dataclass
 class EvalSizes:
     samples: int = 512  # samples per weight vector (ensemble, each member, sub-ensembles)
-    seeds: int = 16  # seeds scored exactly and by every approximation
+    seeds: int = 64  # held-out seeds scored exactly and by every approximation (run's rule)
+    other_rule_seeds: int = 16  # the same under the other combination rule
     draws: int = 3  # random member subsets per sub-ensemble size
     sizes: tuple[int, ...] = (1, 2, 4, 8, 12)  # sub-ensemble sizes k; n is always added
     classifier_steps: int = 1500  # when the run has no classifier yet
@@ -172,15 +169,14 @@ def evaluate(
     part("fidelity", n, lambda: fidelity(clf, *samples(), ex.n, real, real_f, feats_of,
                                          ex.run.images))  # fmt: skip
     part("convergence", n, lambda: convergence(subs, rows, samples()[0], real_f, feats_of))
-    seeds = list(range(sizes.seeds))
     summary = part(
         "attribution",
-        {"seeds": seeds, "methods": list(METHODS)},
-        lambda: attribution_summary(
-            ex, clf, seeds, METHODS, out / CACHE_DIR / "attributions", fp, progress,
-            executor=executor,
-        ),
+        {"seeds": sizes.seeds, "other_rule_seeds": sizes.other_rule_seeds,
+         "score_version": SCORE_VERSION, "seed0": ATTR_SEED0},
+        lambda: attribution_part(ex, sizes, out / CACHE_DIR / "attributions", fp, progress,
+                                 executor),
     )
+    seeds = list(range(ATTR_SEED0, ATTR_SEED0 + sizes.seeds))  # other runs: under their rule
     report["by_n"] = [by_n_entry(ex.run.summary(), summary, report.get("candidate"))]
     for path in compare_runs:
         name = f"compare-{_short_hash(str(Path(path).resolve()))}"
@@ -429,155 +425,18 @@ def convergence(subs, rows: dict, ys: torch.Tensor, real_f: np.ndarray, feats_of
 # -- attribution: agreement, noise floor, class agreement ---------------------------------
 
 
-def attributions_of(
-    ex: Explorer,
-    seed: int,
-    methods,
-    cache: Path,
-    fp: str,
-    progress: Callable[[float], None] | None = None,
-    executor: Executor | None = None,
-) -> dict:
-    """Scores of every method for one seed (+ exact phantoms, sample, seconds), cached.
-
-    `progress(fraction)` reports how much of this seed is done; `executor`: where the
-    exact method's sweeps run.
-    """
-    path = cache / f"seed_{seed:06d}.safetensors"
-    if path.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("run") == fp and set(json.loads(meta["methods"])) >= set(methods):
-            t = {k: v.numpy() for k, v in load_file(str(path)).items()}
-            return {**t, "seconds": json.loads(meta["seconds"])}
-    t, seconds = {}, {}
-    for i, m in enumerate(methods):
-
-        def report(k: int, K: int, i: int = i) -> None:
-            if progress is not None:
-                progress((i + k / max(K, 1)) / len(methods))
-
-        att = attribute(ex, seed, m, progress=report, executor=executor)
-        t[m], seconds[m] = att.scores, att.seconds
-        if m == "exact":
-            t["exact_null"], t["sample"] = att.null_scores, att.sample.numpy()
-    meta = {"run": fp, "methods": json.dumps(list(methods)), "seconds": json.dumps(seconds)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in t.items()}, str(path), meta)
-    return {**t, "seconds": seconds}
-
-
-def attribution_summary(
-    ex: Explorer,
-    clf: Classifier,
-    seeds: list[int],
-    methods,
-    cache: Path,
-    fp: str,
-    progress: Progress = None,
-    what: str = "attribution",
-    executor: Executor | None = None,
-) -> dict:
-    """Agreement with exact (if methods besides exact), noise floor and class agreement."""
-    res = []
-    for j, seed in enumerate(seeds):
-
-        def report(frac: float, j: int = j) -> None:
-            if progress is not None:
-                progress(what, j + frac, len(seeds))
-
-        res.append(attributions_of(ex, seed, methods, cache, fp, report, executor))
-        report(1.0)
-    steps = ex.steps(None)
-    atts = [
-        Attribution(
-            "exact",
-            s,
-            steps,
-            torch.from_numpy(r["sample"]),
-            r["exact"],
-            r["exact_null"],
-            r["seconds"]["exact"],
-            True,
-        )
-        for s, r in zip(seeds, res, strict=True)
-    ]
-    labels = probabilities(clf, np.stack([r["sample"] for r in res])).argmax(1)
-    out = {
-        "seeds": seeds,
-        "N": ex.run.N,
-        "seconds": round(sum(sum(r["seconds"].values()) for r in res), 2),
-        "noise_floor": noise_floor(atts),
-        "class_agreement": class_agreement(res, labels, ex.run.labels, methods),
-        "method_seconds": {m: float(np.mean([r["seconds"][m] for r in res])) for m in methods},
-    }
-    if len(methods) > 1:
-        out["agreement"] = agreement(res, [m for m in methods if m != "exact"])
-    return out
-
-
-def agreement(res: list[dict], methods) -> dict:
-    """Per method and seed: Spearman, Pearson, top-10 overlap with the exact scores."""
-    out = {}
-    for m in methods:
-        rows = {
-            "spearman": [spearman(r[m], r["exact"]) for r in res],
-            "pearson": [pearson(r[m], r["exact"]) for r in res],
-            f"top{TOP_K}": [topk_overlap(r["exact"], r[m], TOP_K) for r in res],
-        }
-        out[m] = {**rows, **{f"{k}_median": _nanmedian(v) for k, v in rows.items()}}
-    return out
-
-
-def _nanmedian(v) -> float:
-    v = np.asarray(v, dtype=float)
-    return float(np.nanmedian(v)) if np.isfinite(v).any() else float("nan")
-
-
-def noise_floor(atts: list[Attribution]) -> dict:
-    """Real vs phantom exact scores (pooled histogram, KS test) and attributability per seed."""
-    real = np.concatenate([a.scores for a in atts])
-    null = np.concatenate([a.null_scores for a in atts])
-    per_seed = [{"seed": a.seed, **a.attributability} for a in atts]
-    out = {
-        "per_seed": per_seed,
-        "share_top1_above_p99": float(np.mean([s["top1_ratio"] > 1 for s in per_seed])),
-        "median_top1_ratio": _nanmedian([s["top1_ratio"] for s in per_seed]),
-        "real_median": float(np.median(real)),
-        "n_phantoms": len(atts[0].null_scores),
-    }
-    if len(null):
-        edges = np.histogram_bin_edges(np.concatenate([real, null]), HIST_BINS)
-        ks = ks_2samp(real, null)
-        out |= {
-            "phantom_median": float(np.median(null)),
-            "ks_statistic": float(ks.statistic),
-            "ks_pvalue": float(ks.pvalue),
-            "hist_edges": edges.tolist(),
-            "hist_real": np.histogram(real, edges)[0].tolist(),
-            "hist_phantom": np.histogram(null, edges)[0].tolist(),
-        }
-    return out
-
-
-def class_agreement(res: list[dict], labels: np.ndarray, train_labels: np.ndarray, methods) -> dict:
-    """Share of each method's top-10 with the sample's class (classifier label) vs chance."""
-    freq = np.bincount(train_labels, minlength=int(max(labels.max(), train_labels.max())) + 1)
-    chance = float(np.mean(freq[labels] / len(train_labels)))
-    share = {
-        m: float(
-            np.mean(
-                [
-                    np.mean(train_labels[np.argsort(-r[m], kind="stable")[:TOP_K]] == lab)
-                    for r, lab in zip(res, labels, strict=True)
-                ]
-            )
-        )
-        for m in methods
-    }
-    return {"top_k": TOP_K, "share": share, "chance": chance, "sample_labels": labels.tolist()}
+def attribution_part(ex: Explorer, sizes: EvalSizes, cache: Path, fp: str,
+                     progress: Progress = None, executor: Executor | None = None) -> dict:
+    """Every method against exact, per rule and score (`agreement.py`): `seeds` held-out
+    seeds under the run's rule, `other_rule_seeds` under the other."""
+    rules = {}
+    for rule in rule_order(ex.combine):
+        count = sizes.seeds if rule == ex.combine else sizes.other_rule_seeds
+        if count:
+            seeds = list(range(ATTR_SEED0, ATTR_SEED0 + count))
+            rules[rule] = rule_agreement(ex.with_combine(rule), seeds, cache, fp, progress,
+                                         executor)
+    return {"default_rule": ex.combine, "rules": rules}
 
 
 # -- other runs, cost --------------------------------------------------------------------
@@ -587,11 +446,11 @@ def compare_run(
     path, seeds: list[int], sizes: EvalSizes, cache: Path, device: str, progress: Progress,
     executor: Executor | None = None,
 ) -> dict:
-    """The exact noise-floor and class-agreement summary of another run."""
+    """Another run's method agreement (under its own rule, `seeds`) and candidate test."""
     ex = Explorer(path, device=device)
-    clf = classifier_for(ex, None, sizes, progress)
-    s = attribution_summary(ex, clf, seeds, ("exact",), cache, fingerprint(ex), progress,
-                            what=f"compare N={ex.run.N}", executor=executor)
+    s = {"default_rule": ex.combine,
+         "rules": {ex.combine: rule_agreement(ex, seeds, cache, fingerprint(ex), progress,
+                                              executor)}}
     return by_n_entry(ex.run.summary(), s, candidate_part(ex, sizes, progress, executor))
 
 
@@ -633,21 +492,20 @@ def rule_candidate(ex: Explorer, sizes: EvalSizes, progress: Progress,
 def by_n_entry(run_summary: dict, s: dict | None, cand: dict | None = None) -> dict:
     tar_by_rule = {r: {k: v for k, v in t.items() if k != "per_sample"}
                    for r, t in (cand or {}).get("rules", {}).items()}
+    entry = {**{k: run_summary[k] for k in ("path", "N", "n", "h", "train_steps", "init")},
+             "tar": tar_by_rule}
     if s is None:  # the attribution part was not computed (yet)
-        return {**{k: run_summary[k] for k in ("path", "N", "n", "h", "train_steps", "init")},
-                "tar": tar_by_rule}
-    nf = s["noise_floor"]
-    return {
-        "tar": tar_by_rule,
-        **{k: run_summary[k] for k in ("path", "N", "n", "h", "train_steps", "init")},
-        "share_top1_above_p99": nf["share_top1_above_p99"],
-        "median_top1_ratio": nf["median_top1_ratio"],
-        "ks_statistic": nf.get("ks_statistic"),
-        "class_share_exact": s["class_agreement"]["share"]["exact"],
-        "class_chance": s["class_agreement"]["chance"],
-        "exact_seconds_per_seed": s["method_seconds"]["exact"],
-        "seconds": s.get("seconds"),
+        return entry
+    rule = s["rules"].get(s["default_rule"]) or next(iter(s["rules"].values()))
+    entry["attribution"] = {
+        "rule": s["default_rule"],
+        "default_method": rule["default_method"],
+        "exact_seconds_per_seed": rule["methods"]["exact"]["seconds_median"],
+        "copies": rule["copies"], "seeds": len(rule["seeds"]),
+        "top1": {m: d["scores"][DEFAULT_SCORE]["top1_agreement"]
+                 for m, d in rule["methods"].items()},
     }
+    return entry
 
 
 def cost(report: dict, clf: Classifier) -> dict:
@@ -659,7 +517,6 @@ def cost(report: dict, clf: Classifier) -> dict:
         "fidelity_features": f["seconds"],
         "convergence": report["convergence"]["seconds"],
         "attribution": a["seconds"],
-        **{f"attribution_per_seed.{m}": s for m, s in a["method_seconds"].items()},
         **{f"compare.{e['path']}": e["seconds"] for e in report["by_n"][1:]},
     }
     out["total"] = round(sum(v for k, v in out.items() if v is not None and "per_seed" not in k), 2)

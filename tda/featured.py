@@ -40,16 +40,16 @@ from . import TdaError
 from .api import Counterfactual, Explorer
 from .encoding import members_on, unseen_rows
 from .ensemble import MANIFEST, read_manifest, sha256
+from .index import nearest_row
+from .scores import DEFAULT_SCORE, SCORE_VERSION
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: attributions hold every score (`scores.py`) and their floors
 FEATURED_DIR = "featured"
 INDEX = "featured.json"
 DEFAULT_SEEDS = (0, 1, 2, 3)
-METHOD = "jacobian"  # the Attribution page's default method
 CONTROLS = 16  # random ablations of the candidate test (the Attribution page's)
-HOME_ROW = 0  # Home shows the counterfactual of training image #0
 EXACT_MAX_N = 1024  # exact scores are precomputed by default up to this N (one chain per image)
 # files of a run whose content the results depend on (the manifest's sha256 of each)
 _INPUTS = ("codes.safetensors", "train.safetensors", "index.faiss", "scheduler/", "members/")
@@ -84,7 +84,7 @@ def precompute(
     seeds or rules already there are kept if they belong to the same run; stale ones are
     dropped. Returns the path of featured.json.
     """
-    from .attribution import attribute, default_phantoms
+    from .attribution import attribute, default_method, default_phantoms
     from .candidate import candidate_test
 
     run = explorer.run
@@ -95,11 +95,12 @@ def precompute(
     index = _read_index(out)
     keep = index.get("entries", []) if index.get("fingerprint") == fp else []
     steps = explorer.steps(None)
+    method = default_method(run.path, explorer.combine)
     recipe = {
-        "method": METHOD,
         "controls": CONTROLS,
-        "home_row": HOME_ROW,
+        "home": "nearest",
         "phantoms": default_phantoms(run.N),
+        "score_version": SCORE_VERSION,
     }
     if index.get("recipe", recipe) != recipe or index.get("steps", steps) != steps:
         keep = []
@@ -124,24 +125,25 @@ def precompute(
         t = time.perf_counter()
         tensors["members"] = explorer.member_samples(seed)
         entry["seconds"]["members"] = time.perf_counter() - t
-        active = run.codes[HOME_ROW] == 0
+        home = nearest_row(run.images, s.sample)  # Home removes the sample's own image
         t = time.perf_counter()
         tensors["home_counterfactual"] = explorer.counterfactual(
-            seed, active=list(active)
+            seed, remove_rows=[home]
         ).counterfactual
         entry["seconds"]["home_counterfactual"] = time.perf_counter() - t
+        entry["home_row"] = home
         entry["attributions"] = {}
-        for method in (METHOD, "exact") if exact else (METHOD,):
-            say(f"seed {seed}: {method} attribution")
-            att = attribute(explorer, seed, method)
-            entry["attributions"][method] = {"seconds": att.seconds, "exact": att.exact}
-            tensors |= {
-                f"{method}.scores": torch.from_numpy(att.scores),
-                f"{method}.null_scores": torch.from_numpy(att.null_scores),
-                f"{method}.order": torch.from_numpy(att.order),
-                f"{method}.pvalues": torch.from_numpy(att.pvalues),
-            }
-            tensors |= {f"{method}.state.{k}": v for k, v in att.state.items()}
+        for m in dict.fromkeys((method, "exact") if exact else (method,)):
+            say(f"seed {seed}: {m} attribution")
+            att = attribute(explorer, seed, m)
+            entry["attributions"][m] = {"seconds": att.seconds, "exact": att.exact,
+                                        "scores": list(att.scores_by)}
+            tensors |= {f"{m}.score.{k}": torch.from_numpy(v) for k, v in att.scores_by.items()}
+            tensors |= {f"{m}.null.{k}": torch.from_numpy(v) for k, v in att.nulls_by.items()}
+            tensors[f"{m}.verified_rows"] = torch.from_numpy(att.verified_rows)
+            if att.base_order is not None:
+                tensors[f"{m}.base_order"] = torch.from_numpy(att.base_order)
+            tensors |= {f"{m}.state.{k}": v for k, v in att.state.items()}
         say(f"seed {seed}: candidate test")
         t = time.perf_counter()
         test = candidate_test(explorer, seed, controls=CONTROLS)
@@ -228,20 +230,27 @@ class Entry:
         if meta is None:
             return None
         t = self.tensors
-        prefix = f"{method}.state."
+        state = f"{method}.state."
+        base = t.get(f"{method}.base_order")
         return Attribution(
             method,
             self.seed,
             self.steps,
             self.sample,
-            t[f"{method}.scores"].numpy(),
-            t[f"{method}.null_scores"].numpy(),
+            {k: t[f"{method}.score.{k}"].numpy() for k in meta["scores"]},
+            {k: t[f"{method}.null.{k}"].numpy() for k in meta["scores"]},
             float(meta["seconds"]),
             bool(meta["exact"]),
-            order=t[f"{method}.order"].numpy(),
-            pvalues=t[f"{method}.pvalues"].numpy(),
-            state={k[len(prefix) :]: v for k, v in t.items() if k.startswith(prefix)},
+            score=meta["scores"][0] if DEFAULT_SCORE not in meta["scores"] else DEFAULT_SCORE,
+            verified_rows=t[f"{method}.verified_rows"].numpy(),
+            base_order=None if base is None else base.numpy(),
+            state={k[len(state) :]: v for k, v in t.items() if k.startswith(state)},
         )
+
+    @property
+    def home_row(self) -> int:
+        """The training row Home removes: the sample's nearest image."""
+        return int(self.meta["home_row"])
 
     def candidate(self):
         """The precomputed `CandidateTest` (CONTROLS controls, no phantoms)."""
@@ -275,7 +284,7 @@ class Entry:
         active = np.asarray(active, dtype=bool)
         if active.all():
             cf = self.sample.clone()
-        elif np.array_equal(active, self.codes[HOME_ROW] == 0):
+        elif np.array_equal(active, self.codes[self.home_row] == 0):
             cf = self.tensors["home_counterfactual"]
         else:
             return None
@@ -356,6 +365,8 @@ def load_featured(run, steps: int | None = None) -> Featured | None:
         problem = "made with another phantom count"
     elif index.get("recipe", {}).get("controls") != CONTROLS:
         problem = "made with another control count"
+    elif index.get("recipe", {}).get("score_version") != SCORE_VERSION:
+        problem = "made under another meaning of the scores"
     if problem:
         log.warning(
             "featured results of %s ignored: %s; rebuild them with `python -m tda "

@@ -68,3 +68,10 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
     k = min(k, index.ntotal)
     d, rows = index.search(as_vectors(queries), k)
     return d, rows
+
+
+def nearest_row(images: np.ndarray, x) -> int:
+    """The training row nearest to one image x [C, H, W] (pixel L2, brute force)."""
+    x = x.numpy() if hasattr(x, "numpy") else np.asarray(x)
+    d = np.linalg.norm(as_vectors(images) - as_vectors(x[None]), axis=1)
+    return int(d.argmin())

@@ -27,22 +27,13 @@ def figures(report: dict) -> dict[str, go.Figure]:
         out["confidence"] = confidence_figure(report["fidelity"])
     if "convergence" in report:
         out["convergence"] = convergence_figure(report["convergence"])
-    a = report.get("attribution", {})
-    if "agreement" in a:
-        out["agreement"] = agreement_figure(a["agreement"])
-    if "noise_floor" in a:
-        out["noise_floor"] = noise_floor_figure(a["noise_floor"])
-        out["attributability"] = attributability_figure(a["noise_floor"])
-    if "class_agreement" in a:
-        out["class_agreement"] = class_agreement_figure(a["class_agreement"])
+    if report.get("attribution", {}).get("rules"):
+        out["methods"] = methods_figure(report["attribution"])
     if report.get("candidate", {}).get("rules"):
         out["tar"] = tar_figure(report["candidate"], report.get("run", {}).get("N"))
         out["flip_rates"] = flip_rate_figure(report["candidate"])
     if any(r.get("tar") for r in report.get("by_n", [])):
         out["tar_by_n"] = tar_by_n_figure(report["by_n"])
-    floor_rows = [r for r in report.get("by_n", []) if "share_top1_above_p99" in r]
-    if floor_rows:
-        out["by_n"] = by_n_figure(floor_rows)
     if report.get("cost_seconds"):
         out["cost"] = cost_figure(report["cost_seconds"])
     return out
@@ -149,179 +140,29 @@ def convergence_figure(c: dict) -> go.Figure:
     )
 
 
-def agreement_figure(a: dict) -> go.Figure:
-    top = next(k for k in next(iter(a.values())) if k.startswith("top") and "_" not in k)
-    fig = make_subplots(
-        1, 3, subplot_titles=("Spearman vs exact", "Pearson vs exact", f"{top} overlap with exact")
-    )
-    for col, key in ((1, "spearman"), (2, "pearson"), (3, top)):
-        for m, v in a.items():
-            fig.add_trace(
-                go.Box(
-                    y=v[key],
-                    name=m,
-                    boxpoints="all",
-                    jitter=0.3,
-                    marker_color=ENSEMBLE,
-                    showlegend=False,
-                ),
-                1,
-                col,
-            )
-    fig.update_yaxes(range=[-1.05, 1.05], row=1, col=1)
-    fig.update_yaxes(range=[-1.05, 1.05], row=1, col=2)
-    fig.update_yaxes(range=[-0.05, 1.05], row=1, col=3)
-    n = len(next(iter(a.values()))["spearman"])
-    return _layout(
-        fig, f"Agreement of each method with exact influence scores ({n} seeds)", height=420
-    )
-
-
-def noise_floor_figure(nf: dict) -> go.Figure:
-    fig = go.Figure()
-    if "hist_edges" in nf:
-        e = np.asarray(nf["hist_edges"])
-        mid, width = (e[1:] + e[:-1]) / 2, np.diff(e)
-        for name, key, color in (
-            ("real images", "hist_real", ENSEMBLE),
-            ("phantom codes (no image)", "hist_phantom", PHANTOM),
-        ):
-            h = np.asarray(nf[key], dtype=float)
-            fig.add_trace(
-                go.Bar(
-                    x=mid,
-                    y=h / max(h.sum(), 1),
-                    width=width,
-                    name=name,
-                    marker_color=color,
-                    opacity=0.55,
-                )
-            )
-        sub = (
-            f"KS statistic {nf['ks_statistic']:.3f} (p = {nf['ks_pvalue']:.2g}); medians "
-            f"{nf['real_median']:.3f} real vs {nf['phantom_median']:.3f} phantom"
-        )
-    else:
-        sub = "no phantom codes left for this run: no noise floor"
-    fig.update_layout(barmode="overlay")
-    return _layout(
-        fig,
-        f"Exact scores: real images vs phantoms<br><sup>pooled over seeds<br>{sub}</sup>",
-        xaxis_title="score ‖y(u₋ₓ) − y(u₀)‖",
-        yaxis_title="share",
-    )
-
-
-def attributability_figure(nf: dict) -> go.Figure:
-    s = nf["per_seed"]
-    fig = go.Figure(
-        go.Bar(
-            x=[str(p["seed"]) for p in s],
-            y=[p["top1_ratio"] for p in s],
-            marker_color=[ENSEMBLE if (p["top1_ratio"] or 0) > 1 else MEMBER for p in s],
-            customdata=[[p["n_above"], p["expected_above"]] for p in s],
-            hovertemplate="seed %{x}: top-1 / p99 = %{y:.2f}<br>%{customdata[0]}"
-            " images above p99 (chance %{customdata[1]:.1f})"
-            "<extra></extra>",
-        )
-    )
-    fig.add_hline(y=1, line_dash="dash", line_color=PHANTOM, annotation_text="phantom p99")
-    share = nf["share_top1_above_p99"]
-    n_images = round(s[0]["expected_above"] / 0.01) if s and s[0].get("expected_above") else 0
-    chance = f" (chance alone: {1 - 0.99 ** n_images:.0%})" if n_images else ""
-    return _layout(
-        fig,
-        f"Top-1 exact score / phantom p99, per seed<br><sup>above the noise floor on "
-        f"{share:.0%} of seeds{chance}</sup>",
-        xaxis_title="seed",
-        yaxis_title="top-1 / phantom p99",
-    )
-
-
-def class_agreement_figure(c: dict) -> go.Figure:
-    methods = list(c["share"])
-    fig = go.Figure(
-        go.Bar(
-            x=methods,
-            y=[c["share"][m] for m in methods],
-            marker_color=ENSEMBLE,
-            hovertemplate="%{x}: %{y:.1%}<extra></extra>",
-        )
-    )
-    fig.add_hline(
-        y=c["chance"],
-        line_dash="dash",
-        line_color=PHANTOM,
-        annotation_text=f"chance {c['chance']:.1%}",
-        annotation_position="top left",
-    )
-    fig.update_yaxes(range=[0, 1], tickformat=".0%")
-    return _layout(
-        fig,
-        f"Top-{c['top_k']} training images of the sample's class, per method<br><sup>the "
-        "sample's class is the classifier's label; dashed: chance (class frequencies)</sup>",
-        yaxis_title="share of the top-k",
-    )
-
-
-def by_n_figure(rows: list[dict]) -> go.Figure:
-    """Attributability of runs of one recipe at several N, against what chance gives."""
-    fig = make_subplots(
-        1,
-        2,
-        subplot_titles=("share of seeds with top-1 > phantom p99", "median top-1 / phantom p99"),
-    )
-    Ns = [r["N"] for r in rows]
-    lo, hi = min(Ns) / 1.6, max(Ns) * 1.6
-    hover = [
-        f"{Path(r['path']).name}<br>N={r['N']}, n={r['n']}, h={r['h']}, "
-        f"{r['train_steps']} steps, {r['init']} init" for r in rows
-    ]
-    grid = np.geomspace(lo, hi, 60)
-    fig.add_trace(
-        go.Scatter(
-            x=grid,
-            y=1 - 0.99**grid,
-            mode="lines",
-            line=dict(dash="dash", color=PHANTOM),
-            name="chance: 1 − 0.99^N",
-            hovertemplate="N=%{x:.0f}: chance %{y:.0%}<extra></extra>",
-        ),
-        1,
-        1,
-    )
-    for col, key in ((1, "share_top1_above_p99"), (2, "median_top1_ratio")):
-        fig.add_trace(
-            go.Scatter(
-                x=Ns,
-                y=[r[key] for r in rows],
-                text=[f"N={n}" for n in Ns],
-                customdata=hover,
-                mode="markers+text",
-                textposition="middle right",
-                marker=dict(size=12, color=ENSEMBLE),
-                name="runs of the recipe",
-                showlegend=col == 1,
-                hovertemplate="%{customdata}<br>%{y:.2f}<extra></extra>",
-            ),
-            1,
-            col,
-        )
-        fig.update_xaxes(title_text="training images N", type="log",
-                         range=[np.log10(lo), np.log10(hi)], row=1, col=col)
-    fig.add_hline(y=1, line_dash="dash", line_color=PHANTOM, row=1, col=2)
-    fig.update_yaxes(range=[-0.05, 1.05], tickformat=".0%", row=1, col=1)
-    return _layout(
-        fig,
-        "Attributability vs training-set size<br><sup>the same recipe at each N; above the "
-        "dashed line (left) the top-1 beats the phantoms more often than chance alone</sup>",
-        legend=dict(orientation="h", x=0, y=-0.3),
-        margin=dict(l=50, r=20, t=100, b=90),
-        height=420,
-    )
-
-
 RULE_COLOR = {"mean": MEMBER, "mixture": ENSEMBLE}
+
+
+def methods_figure(a: dict) -> go.Figure:
+    """Top-1 agreement with exact of every method, per rule (default score), against the
+    threshold below which a method fails."""
+    from .agreement import FAIL_TOP1
+    from .scores import DEFAULT_SCORE
+
+    fig = go.Figure()
+    for rule, r in a.get("rules", {}).items():
+        methods = [m for m in r["methods"] if m != "exact"]
+        y = [r["methods"][m]["scores"][DEFAULT_SCORE]["top1_agreement"] for m in methods]
+        secs = [r["methods"][m]["seconds_median"] for m in methods]
+        fig.add_trace(go.Bar(
+            x=methods, y=y, name=f"{rule} ({len(r['seeds'])} seeds)", customdata=secs,
+            marker_color=RULE_COLOR.get(rule, ENSEMBLE),
+            hovertemplate="%{x}: top-1 agrees %{y:.0%} · %{customdata:.1f} s<extra>" + rule
+            + "</extra>"))
+    fig.add_hline(y=FAIL_TOP1, line_dash="dash", line_color=PHANTOM,
+                  annotation_text=f"fails below {FAIL_TOP1:.0%}", annotation_position="top left")
+    return _layout(fig, f"Top-1 agreement with exact ({DEFAULT_SCORE} score)",
+                   barmode="group", yaxis=dict(range=[0, 1.05], tickformat=".0%"))
 
 
 def tar_figure(cand: dict, N: int | None) -> go.Figure:

@@ -17,6 +17,10 @@ import plotly.graph_objects as go
 import torch
 from PIL import Image
 
+from .index import nearest_row  # noqa: F401 - the pages' nearest training row
+from .scores import MEANING as SCORE_MEANING  # noqa: F401 - what each score means
+from .scores import SCORES  # noqa: F401
+
 # RdBu reversed (ColorBrewer): blue for negative, white at zero, red for positive.
 _DIVERGING = np.array(
     [
@@ -224,6 +228,43 @@ def score_histogram(real: np.ndarray, phantom: np.ndarray, method: str) -> go.Fi
     return fig
 
 
+def distances_to(image, sample, counterfactual) -> tuple[float, float]:
+    """Pixel L2 ([0, 1]) from a training image to the sample and to its counterfactual."""
+    from .scores import pixels
+
+    x, y = pixels(np.asarray(image)[None]), pixels(torch.as_tensor(np.asarray(sample))[None])
+    c = pixels(torch.as_tensor(np.asarray(counterfactual))[None])
+    return float((y - x).norm()), float((c - x).norm())
+
+
+def methods_table(rule: dict) -> list[dict]:
+    """One row per method and score of a rule's agreement summary (`agreement.summarise`)."""
+    pct = lambda x: "n/a" if x is None else f"{x:.0%}"  # noqa: E731
+    rows = []
+    for m, d in rule["methods"].items():
+        for s, f in d["scores"].items():
+            rows.append({
+                "method": m, "score": s, "top-1 agrees": pct(f["top1_agreement"]),
+                "copies: top-1 is the copy": pct(f["copy_top1"]),
+                "copies: median rank": f["copy_rank_median"],
+                "copies: clear runner-up": pct(f["copy_runner_up_clear"]),
+                "Spearman": f["spearman_median"], "top-10 overlap": f["top10_median"],
+                "top-1 not nearest": pct(f["top1_not_nearest"]),
+                "seconds": d["seconds_median"], "verdict": "fails" if f["fails"] else "passes",
+            })
+    return rows
+
+
+def compare_scores(scores: np.ndarray, exact: np.ndarray, k: int) -> dict:
+    """Spearman rho over the rows both score, and the top-k overlap (rows, best first)."""
+    from .metrics import spearman
+
+    ok = np.isfinite(scores) & np.isfinite(exact)
+    rho = spearman(scores[ok], exact[ok]) if ok.sum() > 2 else float("nan")
+    top = lambda s: set(np.argsort(-np.where(np.isfinite(s), s, -np.inf), kind="stable")[:k])  # noqa: E731
+    return {"rho": float(rho), "overlap": len(top(scores) & top(exact))}
+
+
 def scatter_figure(
     x: np.ndarray,
     y: np.ndarray,
@@ -423,14 +464,6 @@ def candidate_figure(test) -> go.Figure:
                       xaxis_title="distance of the ablated sample from the sample",
                       legend=dict(orientation="h", y=-0.4))
     return fig
-
-
-def nearest_row(images: np.ndarray, x: torch.Tensor | np.ndarray) -> int:
-    """The training row nearest to one image x [C, H, W] (pixel L2, brute force)."""
-    from .index import as_vectors
-
-    d = np.linalg.norm(as_vectors(images) - as_vectors(_numpy(x)[None]), axis=1)
-    return int(d.argmin())
 
 
 def mixture_weights_figure(loglik: torch.Tensor | np.ndarray, timesteps: np.ndarray,

@@ -15,6 +15,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tda import pictures, views
+from tda.index import nearest_row
 from ui import render, runs, sidebar
 from ui.nav import BY_URL
 
@@ -133,15 +134,17 @@ def test_home_summarises_the_run(app_env, sheets):
     assert not at.get("plotly_chart") and not at.get("table") and not at.metric
     assert not at.selectbox and not at.toggle
     assert len(at.get("page_link")) == 6  # the navigation; Home's last caption points there
-    names = ["training image #0", "sample (seed 0)", "without image #0", "residual"]
+    ex = runs.explorer(runs.run_key(runs.discover_runs()[choice(at, "run").value]))
+    own = nearest_row(ex.run.images, ex.sample(0).sample)  # Home removes the sample's image
+    names = [f"training image #{own}", "sample (seed 0)", f"without image #{own}", "residual"]
     assert captions(at) == [
         "",  # the code matrix, drawn as a picture
-        "",  # the members' weights with and without image #0
+        "",  # the members' weights with and without that image
         " · ".join(names),  # one picture of the four, their captions drawn in
     ]
     assert [c for _, c in sheets] == [names]
-    run = runs.explorer(runs.run_key(runs.discover_runs()[choice(at, "run").value])).run
-    assert views.to_image(run.images[0], 128) == sheets[0][0][0]  # the training image itself
+    assert views.to_image(ex.run.images[own], 128) == sheets[0][0][0]  # the image itself
+    assert any("resemblance lost" in m for m in markdown(at))
     charts = charts_after_toggles(at)  # the interactive code matrix replaces its picture
     assert len(charts) == 1 and '"heatmap"' in charts[0].lower() and "Code matrix" in charts[0]
     assert captions(at)[0] == ""  # the weights picture stays
@@ -213,11 +216,11 @@ def _images_of(at: AppTest) -> np.ndarray:
 
 def _check_attribution_page(at: AppTest, sheets: list, k: int = 8) -> None:
     """The candidate sheet, then top-k rows of one sheet each (training image, the sample
-    without it, residual), a badge per row, a warning iff top-1 < p99."""
+    without it, residual), a badge per row, the blend note iff top-1 is within its floor."""
     assert not at.exception, at.exception
     drawn = sheets[-(1 + k):]  # the last run's sheets
     _check_candidate_section(at, drawn[0])
-    assert len(images(at)) == 1 + 1 + k  # candidate sheet, the sample, a sheet per row
+    assert len(images(at)) == 1 + k  # candidate sheet, a sheet per row
     assert all(caps == ROW_CAPTIONS and len(pics) == 3 for pics, caps in drawn[1:])
     rows = [s for s in markdown(at) if s.startswith("**#")]
     assert len(rows) == k and rows[0].startswith("**#1 · training image ")
@@ -227,10 +230,27 @@ def _check_attribution_page(at: AppTest, sheets: list, k: int = 8) -> None:
         assert np.array_equal(np.asarray(pics[0]), train[j])
     badges = [s for s in markdown(at) if "-badge[" in s]
     assert len(badges) == k
-    ratio = metrics(at)["Top-1 / phantom p99"]
-    warned = any("indistinguishable from member noise" in w for w in _floor_warnings(at))
-    if ratio != "n/a":
-        assert warned == (float(ratio) < 1)
+    m = metrics(at)
+    blend = any("No training image explains this sample" in i.value for i in at.info)
+    if "Its floor's p99" in m:
+        top, p99 = float(m[next(x for x in m if x.startswith("Top-1 ") and x != "Top-1")]), \
+            float(m["Its floor's p99"])
+        assert m["Top-1"] == f"#{named[0]}"
+        if top != p99:  # equal when rounded: either side
+            assert blend == (top < p99)
+
+
+def codes_images(explorer) -> np.ndarray:
+    return explorer.run.images
+
+
+def _method(at: AppTest):
+    return next(s for s in at.selectbox if s.key and s.key.startswith("method_"))
+
+
+def _row_scores(at: AppTest) -> list[str]:
+    return [s for s in markdown(at) if s.startswith(("resemblance **", "magnitude **",
+                                                     "features **", "nearness **"))]
 
 
 def test_exact_counterfactual_chains_run_in_a_worker_and_are_exact(app_env, sheets,
@@ -239,6 +259,7 @@ def test_exact_counterfactual_chains_run_in_a_worker_and_are_exact(app_env, shee
 
     ops = spy_jobs(monkeypatch)
     at = open_app("attribution")
+    _method(at).set_value("jacobian").run()
     assert "counterfactuals" not in ops  # jacobian: a matrix product in the server
     exact = next(t for t in at.toggle if t.label == "Exact counterfactual chains")
     exact.set_value(True).run()
@@ -257,37 +278,45 @@ def test_exact_counterfactual_chains_run_in_a_worker_and_are_exact(app_env, shee
 
 def test_attribution_methods_verification_and_comparison(app_env, sheets):
     at = open_app("attribution")
-    assert at.segmented_control(key="method").value == "jacobian"
+    assert _method(at).value == "screened"  # no report measured the methods: screened
+    assert at.segmented_control(key="score").value == "resemblance"
     _check_attribution_page(at, sheets)
-    assert all(s.endswith("(approximate)") for s in markdown(at) if s.startswith("score **"))
+    assert all("(exact)" in s for s in _row_scores(at))  # every screened row: exact
+    assert any("has not been measured against exact" in c.value for c in at.caption)
     badges = [s for s in markdown(at) if "-badge[" in s]
-    assert all(
-        b.startswith(":gray-badge[within noise (p=") or "above noise floor (p=" in b for b in badges
-    )
+    assert all("no badge: method not measured" in b for b in badges)  # no report, no badge
+    assert not [b for b in at.button if b.label.startswith("Verify")]  # already exact
     assert not at.get("plotly_chart")  # charts on request
     charts = charts_after_toggles(at)  # candidate, histogram; no exact scores for a scatter
     assert len(charts) == 2 and "How far each ablation" in charts[0]
 
-    for method in ("last-step", "individual"):
-        at.segmented_control(key="method").set_value(method).run()
-        _check_attribution_page(at, sheets)
-        assert any(f"Method **{method}**" in c.value for c in at.caption)
+    at.segmented_control(key="score").set_value("magnitude").run()
+    _check_attribution_page(at, sheets)
+    assert all(s.startswith("magnitude **") for s in _row_scores(at))
 
-    at.segmented_control(key="method").set_value("nearest").run()
+    for method in ("last-step", "individual"):
+        _method(at).set_value(method).run()
+        _check_attribution_page(at, sheets)
+        assert any(f"**{method}**:" in c.value for c in at.caption)
+        assert all("(approximate)" in s for s in _row_scores(at))
+
+    _method(at).set_value("nearest").run()
     _check_attribution_page(at, sheets)
     assert "no noise floor" in " ".join(markdown(at))
-    assert any("pixel similarity" in m.value for m in at.info)
+    assert all(s.startswith("nearness **") for s in _row_scores(at))
 
-    at.segmented_control(key="method").set_value("exact").run()
+    _method(at).set_value("exact").run()
     assert len(images(at)) == 1  # the candidate sheet; scores wait for the button
     assert any("one full chain per training image" in m.value for m in at.info)
     next(b for b in at.button if b.label.startswith("Compute exact")).click().run()
+    at.segmented_control(key="score").set_value("resemblance").run()
     _check_attribution_page(at, sheets)
-    assert "(exact)" in " ".join(markdown(at))
+    assert all("(exact)" in s for s in _row_scores(at))
     assert not [b for b in at.button if b.label.startswith("Verify")]
 
-    at.segmented_control(key="method").set_value("jacobian").run()  # exact is cached: scatter + rho
-    _check_attribution_page(at, sheets)
+    _method(at).set_value("jacobian").run()  # exact is cached: scatter + rho
+    at.segmented_control(key="score").set_value("magnitude").run()  # the tiny run copies
+    _check_attribution_page(at, sheets)  # nothing: its resemblance scores are all 0
     m = metrics(at)
     assert -1.0 <= float(m["Spearman ρ vs exact"]) <= 1.0
     assert m["Top-8 overlap with exact"].endswith("/8")
@@ -296,9 +325,7 @@ def test_attribution_methods_verification_and_comparison(app_env, sheets):
     verify = next(b for b in at.button if b.label.startswith("Verify exactly"))
     verify.click().run()
     _check_attribution_page(at, sheets)
-    assert "exact for the top 16" in " ".join(c.value for c in at.caption)
-    scores = [s for s in markdown(at) if s.startswith("score **")]
-    assert all(s.endswith("(exact)") for s in scores)
+    assert all("(exact)" in s for s in _row_scores(at))
 
     at.slider(key="topk").set_value(3).run()
     _check_attribution_page(at, sheets, k=3)
@@ -324,7 +351,9 @@ def test_ablation_toggles_members_and_removes_images(app_env, tiny_explorer):
     assert len(images(at)) == 3 + unseen
     assert captions(at)[1] == "1 of 6 members on"
 
-    at.number_input(key="remove_row").set_value(5).run()
+    own = nearest_row(codes_images(tiny_explorer), tiny_explorer.sample(0).sample)
+    assert at.number_input(key="remove_row_0").value == own  # the sample's own image
+    at.number_input(key="remove_row_0").set_value(5).run()
     next(b for b in at.button if b.label == "Remove image #5").click().run()
     assert [at.toggle(key=f"member_{i}").value for i in range(6)] == list(codes[5] == 0)
     expected = tiny_explorer.counterfactual(0, remove_rows=[5])
@@ -358,9 +387,10 @@ def test_training_set_browse_pick_and_search(app_env, tiny_explorer, sheets):
     assert at.segmented_control(key="browse_label").value == "all"  # shown chosen
     at.segmented_control(key="browse_label").set_value("3").run()
     assert sheets[-3][1] == ["#6: 3", "#7: 3"]  # then the two sheets of neighbours
-    assert captions(at)[:2] == ["#index: label", "#0 · label 0"]  # then the picked image
+    own = at.number_input(key="picked_0").value  # opens on the sample's nearest image
+    assert captions(at)[:2] == ["#index: label", f"#{own} · label {int(run.labels[own])}"]
 
-    at.number_input(key="picked").set_value(5).run()
+    at.number_input(key="picked_0").set_value(5).run()
     code = views.bits(run.codes[5])
     assert any(s.startswith(f"Code `{code}`") for s in markdown(at))
     assert f"#5 · label {int(run.labels[5])}" in captions(at)
@@ -396,26 +426,42 @@ def test_training_set_browse_pick_and_search(app_env, tiny_explorer, sheets):
 
 
 def test_training_set_shows_influence_once_attributed(app_env):
-    at = open_app("attribution")  # computes (or reuses) the jacobian scores for seed 0
+    at = open_app("attribution")  # computes (or reuses) the screened scores for seed 0
     at.switch_page(BY_URL["training_set"].path).run()
-    at.number_input(key="picked").set_value(9).run()
+    own = at.number_input(key="picked_0").value  # opens on the sample's nearest image
+    assert own == nearest_row(_images_of(at), runs.explorer(runs.run_key(
+        runs.discover_runs()[choice(at, "run").value])).sample(0).sample)
+    at.number_input(key="picked_0").set_value(9).run()
     text = " ".join(markdown(at))
-    assert "Influence on the sample of seed 0 (jacobian): score **" in text
+    assert "On the sample of seed 0 (screened): resemblance **" in text
     assert "rank " in text and "of 16" in text
 
 
+def _with_report(monkeypatch, fails: bool) -> None:
+    """Pretend the run's report measured every method: all pass, or all fail."""
+    from ui import results
+
+    fig = {"fails": fails, "top1_agreement": 0.1 if fails else 0.95, "copies": 4,
+           "copy_top1": 1.0, "seeds": 64, "seconds_median": 3.0}
+    real = results.methods
+    monkeypatch.setattr(results, "methods", lambda key, combine: (
+        lambda d, order, _: (d, order, dict.fromkeys(order, fig)))(*real(key, combine)))
+
+
 def _with_null(monkeypatch, scale: float, count: int) -> None:
-    """Make attribute() score `count` phantoms at `scale` x the largest real score."""
+    """Make attribute() score `count` phantoms at `scale` x each row's score."""
     import dataclasses
 
     import tda.attribution as attribution
 
     real = attribution.attribute
 
-    def fake(explorer, seed, method="jacobian", **kw):
+    def fake(explorer, seed, method=None, **kw):
         att = real(explorer, seed, method, **kw)
-        null = np.linspace(0.5, 1.0, count).astype(np.float32) * scale * att.scores.max()
-        return dataclasses.replace(att, null_scores=null, pvalues=None)
+        ramp = np.linspace(0.5, 1.0, count).astype(np.float32) * scale
+        nulls = {k: (ramp * np.nanmax(np.abs(v)) if att.nulls_by[k].ndim == 1 else
+                     np.abs(v)[:, None] * ramp[None]) for k, v in att.scores_by.items()}
+        return dataclasses.replace(att, nulls_by=nulls)
 
     monkeypatch.setattr(attribution, "attribute", fake)
     # the fake lives in this process: run the jobs here, not in worker processes
@@ -426,27 +472,41 @@ def _with_null(monkeypatch, scale: float, count: int) -> None:
     monkeypatch.setattr(compute, "pools", lambda: inline)
 
 
-def test_attribution_warns_when_the_top_k_is_member_noise(app_env, sheets, monkeypatch):
+def test_attribution_says_when_no_image_explains_the_sample(app_env, sheets, monkeypatch):
     _with_null(monkeypatch, scale=10.0, count=200)
+    _with_report(monkeypatch, fails=False)
     at = open_app("attribution")
     at.number_input(key="seed").set_value(11).run()  # a seed no other test attributes
     _check_attribution_page(at, sheets)
-    assert float(metrics(at)["Top-1 / phantom p99"]) < 1
-    assert "indistinguishable from member noise" in _floor_warnings(at)[0]
+    assert any("No training image explains this sample" in i.value for i in at.info)
     badges = [s for s in markdown(at) if "-badge[" in s]
-    assert all(b.startswith(":gray-badge[within noise (p=1.00)") for b in badges)
+    assert all(b.startswith(":gray-badge[within noise (p = 1.00") for b in badges)
 
 
 def test_attribution_marks_images_above_the_noise_floor(app_env, sheets, monkeypatch):
     _with_null(monkeypatch, scale=0.01, count=200)
+    _with_report(monkeypatch, fails=False)
+    at = open_app("attribution")
+    at.number_input(key="seed").set_value(12).run()
+    at.segmented_control(key="score").set_value("magnitude").run()  # the tiny run copies
+    _check_attribution_page(at, sheets)  # nothing: its resemblance scores are all 0
+    assert not any("No training image explains" in i.value for i in at.info)
+    assert any("passes" in c.value and "top-1 agrees 95%" in c.value for c in at.caption)
+    badges = [s for s in markdown(at) if "-badge[" in s]
+    positive = [b for b in badges if ":green-badge[" in b and "above noise floor (q = 0.0" in b]
+    assert positive and all(b in positive or ":gray-badge[" in b for b in badges)
+
+
+def test_a_method_that_fails_against_exact_gets_no_floor_badge(app_env, sheets, monkeypatch):
+    _with_null(monkeypatch, scale=0.01, count=200)  # every row far above its floor ...
+    _with_report(monkeypatch, fails=True)  # ... but the method fails against exact here
     at = open_app("attribution")
     at.number_input(key="seed").set_value(12).run()
     _check_attribution_page(at, sheets)
-    assert not _floor_warnings(at)
-    assert any("above the noise floor" in m.value for m in at.success)
-    assert metrics(at)["Above phantom p99"] == "16"
+    assert any("fails under" in w.value and "top-1 agrees 10%" in w.value for w in at.warning)
     badges = [s for s in markdown(at) if "-badge[" in s]
-    assert all(b.startswith(":green-badge[") and "above noise floor (p=0.005)" in b for b in badges)
+    assert all("no badge: this method fails against exact here" in b for b in badges)
+    assert "(fails: top-1 10%)" in _method(at).format_func("screened")
 
 
 def test_runs_are_discovered_under_assets_and_tda_runs(tmp_path, monkeypatch):
@@ -490,6 +550,8 @@ def test_attribution_compares_with_exact_on_request(app_env):
     at = open_app("attribution")
     at.number_input(key="seed").set_value(13).run()
     assert "Spearman ρ vs exact" not in metrics(at)
+    _method(at).set_value("jacobian").run()
+    at.segmented_control(key="score").set_value("magnitude").run()
     next(b for b in at.button if b.label == "Compute exact scores to compare").click().run()
     assert not at.exception
     rho = float(metrics(at)["Spearman ρ vs exact"])

@@ -71,10 +71,11 @@ def test_one_step_linear_chain_makes_approximations_exact(linear_explorer, metho
     torch.testing.assert_close(counterfactuals_for(ex, approx, rows), cf_exact, rtol=0, atol=atol)
     # a score is the norm of a residual: its error is at most the residual error's norm
     score_atol = atol * float(np.sqrt(cf_exact[0].numel()))
-    np.testing.assert_allclose(approx.scores, exact.scores, rtol=0, atol=score_atol)
-    np.testing.assert_allclose(approx.null_scores, exact.null_scores, rtol=0, atol=score_atol)
+    mag, emag = approx.with_score("magnitude"), exact.with_score("magnitude")
+    np.testing.assert_allclose(mag.scores, emag.scores, rtol=0, atol=score_atol)
+    np.testing.assert_allclose(mag.null_scores, emag.null_scores, rtol=0, atol=score_atol)
     # the bound is tight enough to mean something: far below the scores themselves
-    assert score_atol < 0.05 * float(np.median(exact.scores))
+    assert score_atol < 0.05 * float(np.median(emag.scores))
 
 
 def _chain_of_v(ex: Explorer, seed: int):
@@ -114,16 +115,24 @@ def test_forward_and_central_differences_agree_on_a_multi_step_chain(tiny_explor
 
 
 def test_sweep_scores_equal_one_at_a_time_counterfactuals(tiny_explorer, exact_att):
+    """Every score against its definition, built from one `counterfactual` call per row."""
     ex = tiny_explorer
+    px = lambda t: (np.clip(np.asarray(t, np.float64), -1, 1) + 1) / 2  # noqa: E731
+    flat = ex.run.images.reshape(ex.run.N, -1).astype(np.float64) / 255
     for row in range(ex.run.N):
         cf = ex.counterfactual(SEED, remove_rows=[row])
-        assert exact_att.scores[row] == pytest.approx(cf.score, rel=1e-5, abs=1e-6)
+        x = flat[row]
+        D = np.delete(np.linalg.norm(flat - x, axis=1), row).min()  # its nearest other image
+        res = lambda v, D=D, x=x: max(0.0, D - np.linalg.norm(px(v).flatten() - x))  # noqa: E731
+        lost = res(cf.sample) - res(cf.counterfactual)
+        assert exact_att.scores_by["resemblance"][row] == pytest.approx(lost, abs=1e-5)
+        assert exact_att.scores_by["magnitude"][row] == pytest.approx(cf.score, rel=1e-5,
+                                                                      abs=1e-6)
         torch.testing.assert_close(
             counterfactuals_for(ex, exact_att, [row])[0], cf.counterfactual, rtol=1e-5, atol=1e-6
         )
-    assert exact_att.exact and list(exact_att.order) == list(
-        np.argsort(-exact_att.scores, kind="stable")
-    )
+    assert exact_att.exact and exact_att.score == "resemblance"
+    assert list(exact_att.order) == list(np.argsort(-exact_att.scores, kind="stable"))
 
 
 def test_verified_topk_returns_exact_counterfactuals(tiny_explorer, exact_att):
@@ -133,7 +142,8 @@ def test_verified_topk_returns_exact_counterfactuals(tiny_explorer, exact_att):
     v = verify_topk(ex, approx, m=m)
     top = approx.order[:m]
     assert set(v.verified_rows) == set(top)
-    np.testing.assert_allclose(v.scores[top], exact_att.scores[top], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(v.scores[top], exact_att.scores[top], rtol=1e-5, atol=1e-5)
+    assert np.isnan(np.delete(v.scores, top)).all()  # the rest: not scored, in last-step order
     assert list(v.order[:m]) == sorted(top, key=lambda r: -exact_att.scores[r])
     cf = counterfactuals_for(ex, v, v.order[:3], exact=True)
     for k, row in enumerate(v.order[:3]):
@@ -156,11 +166,20 @@ def test_noise_floor_uses_unused_codes_and_gives_pvalues(tiny_explorer, exact_at
     from math import comb
 
     run = tiny_explorer.run
-    assert len(exact_att.null_scores) == comb(run.n, run.h) - run.N  # every unused code
+    P = comb(run.n, run.h) - run.N  # every unused code
+    assert exact_att.null_scores.shape == (run.N, P)  # each image against the phantoms
+    assert exact_att.nulls_by["magnitude"].shape == (P,)  # one floor per sample
     assert np.all((exact_att.pvalues > 0) & (exact_att.pvalues <= 1))
+    p99 = np.quantile(exact_att.null_scores, 0.99, axis=1)
     s = exact_att.attributability
-    assert s["n_above"] == int((exact_att.scores > s["p99"]).sum())
-    assert s["top1_ratio"] == pytest.approx(exact_att.scores.max() / s["p99"])
+    top = exact_att.order[0]
+    assert s["n_above"] == int((exact_att.scores > p99).sum())
+    want = exact_att.scores[top] / p99[top] if p99[top] > 0 else float(exact_att.scores[top] > 0)
+    assert s["top1_ratio"] == pytest.approx(want) or (np.isinf(want) and s["top1_ratio"] > 1)
+    mag = exact_att.with_score("magnitude")  # one floor for the sample
+    m99 = np.quantile(mag.null_scores, 0.99)
+    assert mag.attributability["top1_ratio"] == pytest.approx(mag.scores.max() / m99)
+    assert mag.attributability["n_above"] == int((mag.scores > m99).sum())
     p = empirical_pvalues(np.array([0.0, 2.5, 10.0]), np.array([1.0, 2.0, 3.0]))
     np.testing.assert_allclose(p, [1.0, 0.5, 0.25])
 
@@ -206,9 +225,21 @@ def test_cli_attribute_writes_documented_tensors(tiny_run_dir, tmp_path, capsys)
     N = 16
     assert t["scores"].shape == (N,) and t["scores"].dtype == torch.float32
     assert t["order"].shape == (N,) and t["order"].dtype == torch.int64
-    assert t["pvalues"].shape == (N,) and t["null_scores"].ndim == 1
+    assert t["pvalues"].shape == (N,) and t["null_scores"].shape[0] == N
+    for name in ("resemblance", "magnitude"):
+        assert t[f"score_{name}"].shape == (N,)
+    assert torch.equal(t["scores"].nan_to_num(-9), t["score_resemblance"].nan_to_num(-9))
     assert t["sample"].shape == (1, 8, 8)
     assert t["topk_index"].tolist() == t["order"][:3].tolist()
     assert t["topk_counterfactual"].shape == (3, 1, 8, 8)
     assert main(["attribute", "--run", str(tiny_run_dir), "--top-k", "0", "--out", str(out)]) == 2
     assert "error: --top-k" in capsys.readouterr().err
+    # no --method, no --score: the run's default (no report: screened) by resemblance lost
+    assert main(["attribute", "--run", str(tiny_run_dir), "--seed", str(SEED), "--out",
+                 str(out)]) == 0
+    assert "screened (resemblance)" in capsys.readouterr().out
+    assert main(["attribute", "--run", str(tiny_run_dir), "--method", "jacobian", "--score",
+                 "magnitude", "--out", str(out)]) == 0
+    t = load_file(str(out))
+    assert torch.equal(t["scores"], t["score_magnitude"])
+

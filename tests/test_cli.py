@@ -174,8 +174,10 @@ def test_configure_sets_the_runs_default_rule(tiny_run_copy, capsys):
 
 
 def _children(pid: int) -> list[int]:
+    """Every process below `pid` (workers may be children of a forkserver)."""
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(x) for x in out.split()]
+    kids = [int(x) for x in out.split()]
+    return kids + [g for k in kids for g in _children(k)]
 
 
 def test_sigterm_during_training_stops_every_worker_and_keeps_the_run(tmp_path):
@@ -196,7 +198,7 @@ def test_sigterm_during_training_stops_every_worker_and_keeps_the_run(tmp_path):
         deadline = time.time() + 300  # imports alone take a while on a busy machine
         while len(_children(proc.pid)) < 3 and time.time() < deadline:  # both workers up
             time.sleep(0.5)
-        workers = _children(proc.pid)  # two workers and multiprocessing's resource tracker
+        workers = _children(proc.pid)  # two workers, the forkserver, the resource tracker
         assert len(workers) >= 3
         time.sleep(3)
         proc.send_signal(signal.SIGTERM)

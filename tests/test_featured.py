@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from tda.api import Explorer
-from tda.attribution import attribute, counterfactuals_for
+from tda.attribution import DEFAULT_METHOD, attribute, counterfactuals_for
 from tda.candidate import candidate_test
 from tda.cli import main
 from tda.featured import CONTROLS, FEATURED_DIR, INDEX, fingerprint, load_featured, precompute
+from tda.index import nearest_row
 
 # the same chains computed twice in one process: only float32 rounding of reordered sums
 ATOL = 1e-5
@@ -48,17 +49,22 @@ def test_precomputed_results_equal_a_fresh_computation(featured_run):
     close(entry.tensors["trajectory"], s.trajectory)
     close(entry.tensors["members"], fresh.member_samples(2))
 
-    home = fresh.run.codes[0] == 0
+    assert entry.home_row == nearest_row(fresh.run.images, s.sample)  # the sample's own image
+    home = fresh.run.codes[entry.home_row] == 0
     cf = entry.counterfactual(home)
     close(cf.counterfactual, fresh.counterfactual(2, active=list(home)).counterfactual)
     assert list(cf.excluded) == list(fresh.counterfactual(2, active=list(home)).excluded)
     assert entry.counterfactual(np.ones(fresh.n, bool)).score == 0.0
     assert entry.counterfactual(np.eye(fresh.n, dtype=bool)[0]) is None  # not precomputed
 
-    for method in ("jacobian", "exact"):
+    for method in (DEFAULT_METHOD, "exact"):  # the page's default without a report, exact
         got, want = entry.attribution(method), attribute(fresh, 2, method)
         assert (got.method, got.seed, got.steps, got.exact) == (method, 2, 10, want.exact)
-        for name in ("scores", "null_scores", "pvalues"):
+        assert set(got.scores_by) == set(want.scores_by) and got.score == want.score
+        for name in got.scores_by:
+            close(got.with_score(name).scores, want.with_score(name).scores)
+            close(got.with_score(name).null_scores, want.with_score(name).null_scores)
+        for name in ("pvalues", "qvalues", "verified_rows"):
             close(getattr(got, name), getattr(want, name))
         assert list(got.order[:5]) == list(want.order[:5])
         rows = want.order[:4]
@@ -80,6 +86,11 @@ def test_stale_or_damaged_results_are_ignored(featured_run, tmp_path):
     shutil.copytree(featured_run, run_dir)
     run = Explorer(run_dir).run
     assert load_featured(run, steps=5) is None  # the app samples with other steps
+    index_path = run_dir / FEATURED_DIR / INDEX
+    old = json.loads(index_path.read_text())
+    index_path.write_text(json.dumps({**old, "recipe": {**old["recipe"], "score_version": 1}}))
+    assert load_featured(run) is None  # computed under another meaning of the scores
+    index_path.write_text(json.dumps(old))
 
     index_path = run_dir / FEATURED_DIR / INDEX
     index = json.loads(index_path.read_text())
@@ -121,7 +132,7 @@ def test_the_command_adds_seeds_and_rules(featured_run, tmp_path, capsys):
     featured = load_featured(Explorer(run_dir).run)
     assert featured.seeds("mean") == [0, 2, 5] and featured.seeds("mixture") == [5]
     entry = featured.get(5, "mixture")
-    assert entry.attribution("exact") is None and entry.attribution("jacobian") is not None
+    assert entry.attribution("exact") is None and entry.attribution(DEFAULT_METHOD) is not None
     assert entry.candidate().combine == "mixture"
     close(entry.mixture_loglik, Explorer(run_dir, combine="mixture").sample(5).mixture_loglik)
     assert featured.get(5, "mean").mixture_loglik is None  # the mean rule has none
@@ -148,7 +159,7 @@ def test_featured_seeds_open_without_any_computation(featured_run, tmp_path, mon
         assert not at.exception, at.exception
     at.switch_page(BY_URL["attribution"].path).run()
     shown = " ".join(x.value for x in at.markdown)  # the figures' markdown tables
-    assert "| Spearman ρ vs exact |" in shown and "| Top-1 / phantom p99 |" in shown
+    assert "| Spearman ρ vs exact |" in shown and "| Its floor's p99 |" in shown
     assert not chains
     at.number_input(key="seed").set_value(3).run()  # not featured: computed on demand
     assert not at.exception and len(chains) >= 2

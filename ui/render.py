@@ -11,7 +11,6 @@ from tda import pictures, views
 
 CHART_ON = ":material/touch_app: interactive"  # a chart pill's one option, with a picture
 CHART_SHOW = ":material/bar_chart: show"  # and without
-NOISE_ALPHA = 0.05  # a real score with p below this is shown as above the noise floor
 
 
 def show(image, caption: str | None = None, size: int = 256, container=st) -> None:
@@ -72,16 +71,12 @@ def table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def pvalue_badge(p: float, container=st) -> None:
-    """Green above the noise floor, grey within it, nothing for methods without phantoms."""
-    if p is None or np.isnan(p):
-        container.badge("no noise floor for this method", color="gray")
-    elif p < NOISE_ALPHA:
-        container.badge(
-            f"above noise floor (p={p:.3f})", color="green", icon=":material/check_circle:"
-        )
+def floor_badge(kind: str, text: str, container=st) -> None:
+    """A row's score against its noise floor (`tda.agreement.floor_badge`)."""
+    if kind == "above":
+        container.badge(text, color="green", icon=":material/check_circle:")
     else:
-        container.badge(f"within noise (p={p:.2f})", color="gray")
+        container.badge(text, color="gray")
 
 
 def residual_legend(vmax: float) -> str:

@@ -14,10 +14,13 @@ import streamlit as st
 import torch
 
 from tda import app_jobs
+from tda.agreement import standing
 from tda.api import Counterfactual
-from tda.attribution import METHODS  # noqa: F401 - the methods a page offers
+from tda.attribution import METHODS, default_method
 from tda.encoding import u0, unseen_rows
 from tda.featured import CONTROLS as FEATURED_CONTROLS
+from tda.index import nearest_row
+from tda.scores import SCORE_VERSION
 from ui import compute, runs
 
 
@@ -100,7 +103,11 @@ def cached_attribution(key: str, seed: int, method: str, combine: str):
     """The attribution if precomputed or computed before (by anyone), else None."""
     e = runs.entry(key, seed, combine)
     att = None if e is None else e.attribution(method)
-    return att if att is not None else compute.kept(("attribution", key, seed, method, combine))
+    return att if att is not None else compute.kept(_key(key, seed, method, combine))
+
+
+def _key(key: str, seed: int, method: str, combine: str) -> tuple:
+    return ("attribution", SCORE_VERSION, key, seed, method, combine)
 
 
 def attribution(key: str, seed: int, method: str, combine: str):
@@ -108,7 +115,7 @@ def attribution(key: str, seed: int, method: str, combine: str):
     att = cached_attribution(key, seed, method, combine)
     if att is not None:
         return att
-    return compute.long(("attribution", key, seed, method, combine), app_jobs.attribution,
+    return compute.long(_key(key, seed, method, combine), app_jobs.attribution,
                         key, combine, seed, method,
                         text=f"Scoring every training image with {method} ...")
 
@@ -126,7 +133,8 @@ def candidate(key: str, seed: int, combine: str, controls: int):
 def verified(key: str, seed: int, method: str, m: int, combine: str):
     """The attribution with its top m rescored by exact chains."""
     base = attribution(key, seed, method, combine)
-    return compute.long(("verified", key, seed, method, m, combine), app_jobs.verified,
+    return compute.long(("verified", SCORE_VERSION, key, seed, method, m, combine),
+                        app_jobs.verified,
                         key, combine, base, m,
                         text=f"Exact chains for the top {m} and the phantoms ...")
 
@@ -184,3 +192,34 @@ def saved_report(key: str, name: str) -> dict | None:
         return _report(str(path), path.stat().st_mtime_ns)
     except (json.JSONDecodeError, OSError, UnicodeDecodeError) as e:
         raise ValueError(f"cannot read {name}: {e}") from e
+
+
+def own_image(key: str, seed: int, combine: str) -> int:
+    """The training row nearest to the seed's sample: where Home, the Ablation lab and the
+    Training set start (precomputed for featured seeds)."""
+    e = runs.entry(key, seed, combine)
+    if e is not None and "home_row" in e.meta:
+        return e.home_row
+    return nearest_row(runs.explorer(key, combine).run.images, _sample(key, seed, combine)[0])
+
+
+def methods(key: str, combine: str) -> tuple[str, list[str], dict]:
+    """(the default method, the methods in the order offered, each one's standing against
+    exact on this run under `combine`: `tda.agreement.standing` or None)."""
+    path = app_jobs.run_path(key)
+    try:
+        report = saved_report(key, "report/report.json")
+    except ValueError:
+        report = None
+    first = default_method(path, combine)
+    order = [first, *[m for m in METHODS if m != first]]
+    return first, order, {m: standing(report, combine, m) for m in order}
+
+
+def run_tar(key: str, combine: str) -> dict | None:
+    """The candidate test's TAR of the run's report under `combine`, or None."""
+    try:
+        report = saved_report(key, "report/report.json")
+    except ValueError:
+        return None
+    return ((report or {}).get("candidate") or {}).get("rules", {}).get(combine)
