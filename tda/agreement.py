@@ -8,7 +8,8 @@ the figures the report, the Attribution page and the CLI's default method read:
 - on samples that copy a training image (pixel L2 < COPY_DISTANCE): how often the
   method's top-1 is the copied image, its median rank, how often the runner-up scores
   at most RUNNER_UP of the top (a clear answer);
-- Spearman and top-10 overlap with exact (over the rows the method scores);
+- Spearman (over the rows the method scores, leaving out rows both score 0) and the
+  overlap with exact's top 10 (of its rows with a positive score);
 - how often the top-1 is not the sample's nearest image; median seconds.
 
 A method *fails* under a rule when its top-1 agreement is below FAIL_TOP1; a failing
@@ -98,10 +99,11 @@ def method_figures(res: list[dict], method: str, score: str) -> dict:
         top1.append(int(o[0]) == int(oe[0]))
         ref1.append(int(oe[0]))
         not_near.append(int(o[0]) != near)
-        ok = np.isfinite(s)
+        # rows where either score is 0 tie (the sample never resembled them): leave them out
+        ok = np.isfinite(s) & ((s != 0) | (e != 0))
         rho.append(spearman(s[ok], e[ok]) if ok.sum() > 2 else np.nan)
-        k = min(TOP_K, int(ok.sum()))
-        topk.append(len(set(o[:k]) & set(oe[:k])) / k)
+        k = min(TOP_K, int((e > 0).sum()))
+        topk.append(len(set(o[:k]) & set(oe[:k])) / k if k else np.nan)
         if r["nearest_distance"][0] < COPY_DISTANCE:
             copy_top1.append(int(o[0]) == near)
             copy_rank.append(int(np.flatnonzero(o == near)[0]) + 1)
@@ -115,7 +117,7 @@ def method_figures(res: list[dict], method: str, score: str) -> dict:
         "copy_runner_up_clear": float(np.mean(clear)) if clear else None,
         "top1_not_nearest": float(np.mean(not_near)),
         "spearman_median": float(np.nanmedian(rho)) if np.isfinite(rho).any() else None,
-        f"top{TOP_K}_median": float(np.median(topk)),
+        f"top{TOP_K}_median": float(np.nanmedian(topk)) if np.isfinite(topk).any() else None,
         "per_seed_top1_agrees": [bool(x) for x in top1],
     }
 

@@ -45,8 +45,8 @@ COUNTERFACTUAL_METHODS = METHODS[:-1]
 DEFAULT_METHOD = "screened"  # when the run's report has not measured the methods
 MAX_PHANTOMS = 512
 MIN_PHANTOMS = 256  # a p99 estimated from fewer draws is just their maximum
-SCREEN_ROWS = 32  # `screened`: the nearest images that get exact counterfactuals
-SCREEN_PHANTOMS = 64  # `screened`: exact phantom chains for the floor (p >= 1/65)
+SCREEN_ROWS = 16  # `screened`: the nearest images that get exact counterfactuals
+SCREEN_PHANTOMS = 48  # `screened`: exact phantom chains for the floor (p >= 1/49)
 SWEEP_CHUNK = 512  # chains per exact sweep pass (memory and progress granularity)
 FD_STEP = 3e-3  # forward finite-difference step on each member weight (u0 entries are 1/n);
 # as close to exact as central differences at N = 1,024 (benchmarks/README.md)
@@ -92,7 +92,18 @@ class Attribution:
             top = np.flatnonzero(scored)[np.argsort(-s[scored], kind="stable")]
             self.order = np.concatenate([top, self.base_order[~scored[self.base_order]]])
         self.pvalues = pvalues(s, self.null_scores)
-        self.qvalues = bh_qvalues(self.pvalues)
+        self.qvalues = bh_qvalues(np.where(self._testable(), self.pvalues, np.nan))
+        self.qvalues[np.isfinite(self.pvalues) & ~self._testable()] = 1.0
+
+    def _testable(self) -> np.ndarray:
+        """Rows that can rise above their floor: not those whose score and whole floor are
+        at most 0 (a sample that never resembled x loses nothing whatever is removed), so
+        the correction for many rows counts only real hypotheses."""
+        null = self.null_scores
+        if null.ndim != 2 or null.shape[1] == 0:
+            return np.ones(len(self.scores), bool)
+        with np.errstate(invalid="ignore"):
+            return ~((self.scores <= 0) & (np.nan_to_num(null, nan=0.0).max(axis=1) <= 0))
 
     @property
     def scores(self) -> np.ndarray:

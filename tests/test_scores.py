@@ -133,3 +133,16 @@ def test_ideal_memorisers_copied_image_is_top1_by_resemblance_lost(ideal_explore
         assert int(att.order[0]) == copied
         top, second = att.scores[att.order[:2]]
         assert second <= 0.8 * top
+
+
+def test_q_values_count_only_rows_that_could_rise_above_their_floor():
+    from tda.attribution import Attribution
+
+    scores = np.array([2.0, 0.0, 0.0, 0.5], np.float32)
+    null = np.zeros((4, 9), np.float32)  # rows 1, 2: never resembled, nothing can move them
+    null[3] = np.linspace(0, 1, 9)
+    att = Attribution("exact", 0, 1, torch.zeros(1, 2, 2), {"resemblance": scores},
+                      {"resemblance": null}, 0.0, True)
+    np.testing.assert_allclose(att.pvalues, [0.1, 1.0, 1.0, 0.6], rtol=1e-6)
+    # BH over rows 0 and 3 only: q_0 = 0.1 * 2 / 1, q_3 = 0.6 * 2 / 2
+    np.testing.assert_allclose(att.qvalues, [0.2, 1.0, 1.0, 0.6], rtol=1e-6)

@@ -112,7 +112,7 @@ def noise_floor(att, test, run_tar: dict | None, n_members: int) -> None:
         f"Top-1 {att.score}": f"{att.scores[top]:.3f}",
         "Its floor's p99": f"{a['p99']:.3f}",
         "p (phantoms)": f"{p:.3f}",
-        f"q ({scored} rows)": f"{q:.2f}",
+        "q": f"{q:.2f}",
         "Time": f"{att.seconds:.1f} s",
     }]))
     if ratio <= 1:
@@ -128,8 +128,9 @@ def noise_floor(att, test, run_tar: dict | None, n_members: int) -> None:
                 "their images.")
     st.caption(
         f"Each row's p-value compares its score with the same image against {P} phantom "
-        "ablations (members switched without removing anything); q corrects for testing "
-        f"{scored} rows at once (Benjamini–Hochberg). With {n_members} members a random "
+        "ablations (members switched without removing anything); q corrects for testing the "
+        f"{scored} scored rows at once (Benjamini–Hochberg, counting only rows that could "
+        "score above 0: those the sample resembles). With {n_members} members a random "
         f"ablation flips this sample to another image {flips:.0%} of the time (the candidate "
         "test), and a flip moves it as far as removing its own image does, so a single "
         "image rarely reaches p ≤ 0.05 on its own." + tar_said)
