@@ -46,7 +46,7 @@ DEFAULT_METHOD = "screened"  # when the run's report has not measured the method
 MAX_PHANTOMS = 512
 MIN_PHANTOMS = 256  # a p99 estimated from fewer draws is just their maximum
 SCREEN_ROWS = 16  # `screened`: the nearest images that get exact counterfactuals
-SCREEN_PHANTOMS = 48  # `screened`: exact phantom chains for the floor (p >= 1/49)
+SCREEN_PHANTOMS = 32  # `screened`: exact phantom chains for the floor (p >= 1/33)
 SWEEP_CHUNK = 512  # chains per exact sweep pass (memory and progress granularity)
 FD_STEP = 3e-3  # forward finite-difference step on each member weight (u0 entries are 1/n);
 # as close to exact as central differences at N = 1,024 (benchmarks/README.md)
