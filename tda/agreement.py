@@ -37,7 +37,7 @@ from .attribution import COUNTERFACTUAL_METHODS, SCREEN_ROWS, attribute
 from .candidate import COPY_DISTANCE
 from .executor import Executor
 from .metrics import spearman
-from .scores import ALPHA, DEFAULT_SCORE, SCORE_VERSION
+from .scores import ALPHA, DEFAULT_SCORE, SCORE_VERSION, order_of
 
 FAIL_TOP1 = 0.8  # top-1 agreement with full exact below this: the method fails under the rule
 RUNNER_UP = 0.8  # a clear answer: the runner-up scores at most this share of the top
@@ -84,17 +84,12 @@ def seed_scores(ex: Explorer, seed: int, cache: Path, fp: str, timed: bool,
     return {**t, "seconds": seconds}
 
 
-def _order(s: np.ndarray) -> np.ndarray:
-    s = np.where(np.isfinite(s), s, -np.inf)
-    return np.argsort(-s, kind="stable")
-
-
 def method_figures(res: list[dict], method: str, score: str) -> dict:
     """The agreement figures of one method and score over the seeds' results."""
     top1, ref1, copy_top1, copy_rank, clear, not_near, rho, topk = [], [], [], [], [], [], [], []
     for r in res:
         s, e = r[f"{method}.{score}"], r[f"exact.{score}"]
-        o, oe = _order(s), _order(e)
+        o, oe = order_of(s), order_of(e)
         near = int(r["nearest_row"][0])
         top1.append(int(o[0]) == int(oe[0]))
         ref1.append(int(oe[0]))
@@ -138,7 +133,7 @@ def summarise(res: list[dict], seeds: list[int], scores) -> dict:
         "seeds": [int(s) for s in seeds],
         "copies": int(sum(r["nearest_distance"][0] < COPY_DISTANCE for r in res)),
         "exact_top1_not_nearest": float(np.mean(
-            [int(_order(r[f"exact.{DEFAULT_SCORE}"])[0]) != int(r["nearest_row"][0])
+            [int(order_of(r[f"exact.{DEFAULT_SCORE}"])[0]) != int(r["nearest_row"][0])
              for r in res])),
         "methods": methods,
         "default_method": choose_default(methods),

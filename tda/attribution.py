@@ -152,11 +152,6 @@ def default_phantoms(n_images: int) -> int:
     return min(max(n_images, MIN_PHANTOMS), MAX_PHANTOMS)
 
 
-def empirical_pvalues(scores: np.ndarray, null: np.ndarray) -> np.ndarray:
-    """P(null >= score) with the +1 correction; NaN without a null."""
-    return pvalues(scores, null)
-
-
 def default_method(run_path: str | Path, combine: str) -> str:
     """The method the run's report measured best under `combine` (`evaluate --parts
     attribution`), else DEFAULT_METHOD."""

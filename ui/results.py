@@ -198,7 +198,7 @@ def own_image(key: str, seed: int, combine: str) -> int:
     """The training row nearest to the seed's sample: where Home, the Ablation lab and the
     Training set start (precomputed for featured seeds)."""
     e = runs.entry(key, seed, combine)
-    if e is not None and "home_row" in e.meta:
+    if e is not None:  # featured format 2 always records it
         return e.home_row
     return nearest_row(runs.explorer(key, combine).run.images, _sample(key, seed, combine)[0])
 
