@@ -83,10 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, type=Path)
     t.set_defaults(func=cmd_train)
 
-    cf = sub.add_parser("configure", help="change a finished run's sampling defaults")
+    cf = sub.add_parser("configure", help="change a finished run's sampling defaults or "
+                        "store its weights in half precision")
     cf.add_argument("--run", required=True, type=Path, help="run directory")
-    cf.add_argument("--combine", required=True, choices=COMBINE_RULES,
+    cf.add_argument("--combine", default=None, choices=COMBINE_RULES,
                     help="the run's default combination rule")
+    cf.add_argument("--half", action="store_true",
+                    help="store member weights in float16 (half the size; chains run on "
+                    "exactly the stored values); re-run precompute and evaluate after")
     cf.set_defaults(func=cmd_configure)
 
     i = sub.add_parser("info", help="validate a run and print its summary")
@@ -273,10 +277,18 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_configure(a: argparse.Namespace) -> int:
-    from .train import set_sampling_defaults
+    from .train import set_sampling_defaults, store_half
 
-    config = set_sampling_defaults(a.run, combine=a.combine)
-    print(f"{a.run}: default combination rule is now {config.sample.combine}")
+    if a.combine is None and not a.half:
+        raise TdaError("configure: say what to change (--combine RULE and/or --half)")
+    if a.combine is not None:
+        config = set_sampling_defaults(a.run, combine=a.combine)
+        print(f"{a.run}: default combination rule is now {config.sample.combine}")
+    if a.half:
+        saved = store_half(a.run)
+        print(f"{a.run}: member weights stored in float16 ({saved / 2**20:.1f} MB saved); "
+              "samples move by the rounding: re-run precompute and evaluate"
+              if saved else f"{a.run}: member weights were already float16")
     return 0
 
 

@@ -87,6 +87,7 @@ class Run:
             "init": c.train.init,
             "train_steps": c.train.steps,
             "params_per_member": sum(p.numel() for p in self.members[0].parameters()),
+            "stored_weights": self.manifest.get("weights", "float32"),
         }
 
 

@@ -145,7 +145,7 @@ def _device_and_gpus(device: str, remote: bool, gpus: float) -> tuple[str, float
 
 def set_sampling_defaults(run_dir: str | Path, combine: str | None = None) -> RunConfig:
     """Change a finished run's sampling defaults (its config and manifest, re-hashed)."""
-    from .ensemble import load_run, read_manifest
+    from .ensemble import load_run
     from .sampling import COMBINE_RULES
 
     run_dir = Path(run_dir)
@@ -158,9 +158,51 @@ def set_sampling_defaults(run_dir: str | Path, combine: str | None = None) -> Ru
     tmp = run_dir / (STARTED + ".tmp")
     tmp.write_text(config.to_json())
     os.replace(tmp, run_dir / STARTED)
-    old = read_manifest(run_dir)
-    fresh = write_manifest(run_dir, config)  # keeps what the old manifest added (stats, ...)
-    write_manifest(run_dir, config, {k: v for k, v in old.items() if k not in fresh})
+    _rehash(run_dir, config)
     return config
+
+
+def _rehash(run_dir: Path, config: RunConfig, extra: dict | None = None) -> None:
+    """Rewrite the manifest's hashes, keeping what it added (stats, weights, ...)."""
+    from .ensemble import read_manifest
+
+    old = read_manifest(run_dir)
+    fresh = write_manifest(run_dir, config)
+    keep = {k: v for k, v in old.items() if k not in fresh}
+    write_manifest(run_dir, config, keep | (extra or {}))
+
+
+def store_half(run_dir: str | Path) -> int:
+    """Store a finished run's member weights in half precision (float16), in place.
+
+    Members load as float32 (`ensemble._load_member`), and every float16 value is a
+    float32 value, so every chain runs on exactly the stored weights: the run stays
+    exact, only its samples move by the rounding (re-record reference samples,
+    featured seeds and the report, whose fingerprints no longer match). Plain
+    `UNet2DModel.from_pretrained` still loads a member (as float16). Returns the bytes
+    saved; a run already in half precision is left as it is.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from .ensemble import load_run
+    from .fit import WEIGHTS
+
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)  # refuses a damaged run before anything is written
+    saved = 0
+    for i in range(run.n):
+        path = member_dir(run_dir, i) / WEIGHTS
+        weights = load_file(str(path))
+        if all(v.dtype != torch.float32 for v in weights.values()):
+            continue
+        before = path.stat().st_size
+        half = {k: v.half() if v.dtype == torch.float32 else v for k, v in weights.items()}
+        tmp = path.with_suffix(".tmp")
+        save_file(half, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, path)
+        saved += before - path.stat().st_size
+    if saved:
+        _rehash(run_dir, run.config, {"weights": "float16"})
+    return saved
 
 

@@ -213,3 +213,38 @@ def test_sigterm_during_training_stops_every_worker_and_keeps_the_run(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert (out / "run_config.json").is_file()  # the run is kept, to be resumed
+
+
+def test_half_precision_weights_keep_chains_exact_on_the_stored_values(tiny_run_copy, capsys):
+    """`configure --half` stores float16 members; chains then run on exactly those values:
+    the same as float32 members rounded to float16 by hand, bit for bit."""
+    from diffusers import UNet2DModel
+
+    from tda.api import Explorer
+    from tda.ensemble import load_run, member_dir
+
+    before = load_run(tiny_run_copy)
+    size = sum(p.stat().st_size for p in (tiny_run_copy / "members").rglob("*.safetensors"))
+    assert main(["configure", "--run", str(tiny_run_copy), "--half"]) == 0
+    assert "float16" in capsys.readouterr().out
+    after = load_run(tiny_run_copy)  # every hash matches the rewritten manifest
+    assert after.summary()["stored_weights"] == "float16"
+    half = sum(p.stat().st_size for p in (tiny_run_copy / "members").rglob("*.safetensors"))
+    assert half < 0.6 * size
+    for m0, m1 in zip(before.members, after.members):
+        for p0, p1 in zip(m0.parameters(), m1.parameters()):
+            assert p1.dtype == torch.float32
+            assert torch.equal(p1, p0.half().float())  # loaded values are the stored ones
+    for m in before.members:  # the reference: round the float32 run by hand
+        for p in m.parameters():
+            p.copy_(p.half().float())
+    ref, got = Explorer(before), Explorer(tiny_run_copy)
+    assert torch.equal(ref.sample(3).sample, got.sample(3).sample)
+    assert torch.equal(ref.counterfactual(3, remove_rows=[2]).sample,
+                       got.counterfactual(3, remove_rows=[2]).sample)
+    plain = UNet2DModel.from_pretrained(member_dir(tiny_run_copy, 0), use_safetensors=True)
+    for p0, p1 in zip(plain.parameters(), after.members[0].parameters()):
+        assert torch.equal(p0.float(), p1)  # plain diffusers loading reads the same weights
+    assert main(["configure", "--run", str(tiny_run_copy), "--half"]) == 0  # idempotent
+    assert "already" in capsys.readouterr().out
+    assert main(["configure", "--run", str(tiny_run_copy)]) == 2
