@@ -37,6 +37,31 @@ def tiny_run_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_ladder_dir(tiny_run_dir, tmp_path_factory) -> Path:
+    """Two rungs of the tiny recipe, N = 16 and N = 20, each with a report holding the
+    candidate test of 8 held-out seeds (4 controls), as `evaluate --parts candidate`
+    writes it. Tests must not modify it."""
+    import json
+
+    from tda.api import Explorer
+    from tda.candidate import candidate_tests, tar
+    from tda.train import train_run
+
+    root = tmp_path_factory.mktemp("ladder")
+    shutil.copytree(tiny_run_dir, root / "tiny16")
+    config = tiny_config()
+    config.data.n_train = 20  # C(6, 3): every code of the recipe
+    assert train_run(root / "tiny20", config, workers=1, progress=False)
+    for rung in ("tiny16", "tiny20"):
+        ex = Explorer(root / rung)
+        tests = candidate_tests(ex, range(100_000, 100_008), controls=4)
+        (root / rung / "report").mkdir()
+        (root / rung / "report" / "report.json").write_text(json.dumps(
+            {"candidate": {"default_rule": ex.combine, "rules": {ex.combine: tar(tests)}}}))
+    return root
+
+
 @pytest.fixture
 def tiny_run_copy(tiny_run_dir, tmp_path) -> Path:
     """A private copy of the tiny run that a test may tamper with."""

@@ -30,7 +30,8 @@ SHOTS = ROOT / "tests" / "screenshots"
 START_TIMEOUT = 60
 PAGE_TIMEOUT_MS = 120_000
 
-NAV = ("Home", "Generate", "Attribution", "Ablation lab", "Training set", "Diagnostics")
+NAV = ("Home", "Generate", "Attribution", "Ablation lab", "Training set", "Diagnostics",
+       "Ladder")
 
 # url path -> (title shown, selectors that must exist, text that must show)
 PAGES = {
@@ -65,6 +66,11 @@ PAGES = {
         "Diagnostics",
         ['[data-testid="stButton"]'],
         ["No evaluation report for this run yet", "Recompute small version"],
+    ),
+    "ladder": (  # one run: the page says how to add rungs
+        "Ladder",
+        ['[data-testid="stImage"] img', '[data-testid="stButton"]'],
+        ["The ladder needs runs at two or more N", "TAR against N", "on every rung"],
     ),
 }
 
@@ -313,3 +319,34 @@ def test_a_hostile_link_gets_messages_not_a_traceback(server, page):
     page.wait_for_function("() => location.search.includes('seed=0')")
     assert "x=1" not in page.url and "passwd" not in page.url
     screenshot(page, "hostile_link.png")
+
+
+def test_ladder_click_switches_the_app_to_a_rung(tiny_ladder_dir, page, tmp_path_factory):
+    """Two rungs of one recipe: the page draws both, and a click on the other rung's
+    button switches the sidebar's run, the URL and every page to it."""
+    with streamlit_server(
+        tmp_path_factory.mktemp("streamlit-ladder") / "server.log",
+        TDA_RUNS=str(tiny_ladder_dir),
+        TDA_ASSETS=str(tmp_path_factory.mktemp("no-assets-ladder")),
+    ) as url:
+        page.goto(f"{url}/ladder")
+        wait_until_done(page)
+        main = page.locator('[data-testid="stMain"]')
+        main.get_by_text("on every rung").first.wait_for(state="visible")
+        main.get_by_role("button", name="N = 16: open now").wait_for()
+        page.wait_for_function("() => location.search.includes('tiny16')")
+        wait_until_done(page)
+        check_app_frame(page, "Ladder")
+        screenshot(page, "ladder.png")
+        main.get_by_role("button", name="N = 20: open").click()
+        main.get_by_role("button", name="N = 20: open now").wait_for()
+        page.wait_for_function("() => location.search.includes('tiny20')")
+        wait_until_done(page)
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        sidebar.get_by_text("N = 20 images", exact=False).first.wait_for(state="visible")
+        page.get_by_role("link", name="Generate").click()
+        page.get_by_role("heading", name="Sample of seed 0").wait_for()
+        wait_until_done(page)
+        assert "tiny20" in page.url
+        sidebar.get_by_text("N = 20 images", exact=False).first.wait_for(state="visible")
+        assert not page.locator('[data-testid="stException"]').count()

@@ -40,6 +40,7 @@ PAGES = (
     Page("pages/3_ablation.py", "Ablation lab", ":material/toggle_on:"),
     Page("pages/4_training_set.py", "Training set", ":material/photo_library:"),
     Page("pages/5_diagnostics.py", "Diagnostics", ":material/analytics:"),
+    Page("pages/6_ladder.py", "Ladder", ":material/stairs:"),
 )
 BY_URL = {p.url: p for p in PAGES}
 

@@ -40,8 +40,9 @@ def sheet(images: np.ndarray | Sequence, captions: Sequence[str], cols: int = 8,
           size: int = 96, caption: str | None = None) -> None:
     """Many small images as one picture (a contact sheet), captions drawn in: one image
     for the browser to fetch and lay out instead of one per thumbnail."""
-    st.image(pictures.contact_sheet(images, captions, cols, size), caption=caption,
-             output_format="PNG")
+    picture = pictures.contact_sheet(images, captions, cols, size)
+    # its own width: a long caption would otherwise stretch the picture (and blur it)
+    st.image(picture, caption=caption, output_format="PNG", width=picture.width)
 
 
 def chart(label: str, make: Callable[[], object], key: str, picture=None) -> None:

@@ -119,3 +119,33 @@ def featured_seeds(key: str, combine: str) -> list[int]:
 def entry(key: str, seed: int, combine: str) -> Entry | None:
     f = featured(key)
     return None if f is None else f.get(seed, combine)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _rung(label: str, path: str, key: str) -> dict | None:
+    from tda.ladder import rung
+
+    return rung(label, path)
+
+
+def rungs(found: dict[str, str]) -> list[dict]:
+    """Every run of {label: path} as a rung of the ladder (`tda.ladder.rung`: N, n, h,
+    recipe, TAR ...), by N; read from manifests and reports, members not loaded."""
+    out = []
+    for label, path in found.items():
+        try:
+            r = _rung(label, path, run_key(path))
+        except OSError:
+            r = None
+        if r is not None:
+            out.append(r)
+    return sorted(out, key=lambda r: (r["N"], r["label"]))
+
+
+def picker(found: dict[str, str]) -> tuple[list[str], dict[str, str], str]:
+    """The run picker's (labels by N, {label: shown name}, default label): the default
+    run (assets/default) is chosen first wherever it sits in the list."""
+    rows = rungs(found)
+    labels = [r["label"] for r in rows] + [x for x in found if x not in {r["label"] for r in rows}]
+    names = {r["label"]: f"N = {r['N']:,} · {r['label']}" for r in rows}
+    return labels, names, next(iter(found))

@@ -80,25 +80,27 @@ CHOICE_CHARS = 14  # this long, is a row of buttons; more, a select box
 
 def choice(label: str, options: Sequence[str], key: str, help: str,
            on_change: Callable | None = None, most: int | None = None,
-           longest: int | None = None):
+           longest: int | None = None, names: dict[str, str] | None = None):
     """One of the options, in `st.session_state[key]` (set before by `keep` for a value
     that follows the visitor across pages; else the last one chosen, or the first).
 
     A few short options (at most `most`, each at most `longest` characters without the
     folder they share) are a segmented control, every option in sight; more are a select
-    box. A segmented control can be clicked off; the option stays chosen.
+    box. A segmented control can be clicked off; the option stays chosen. `names`: what
+    is shown for an option (default: the option without the shared folder).
     """
     options = list(options)
     folder = os.path.commonprefix(options)
     folder = folder[: folder.rfind("/") + 1]  # "assets/" when every run is from assets/
 
     def shown(option: str) -> str:
-        return option[len(folder):]
+        return (names or {}).get(option) or option[len(folder):]
 
     most = CHOICE_BUTTONS if most is None else most
     longest = CHOICE_CHARS if longest is None else longest
     if len(options) > most or max(len(shown(o)) for o in options) > longest:
-        return st.selectbox(label, options, key=key, on_change=on_change, help=help)
+        return st.selectbox(label, options, key=key, on_change=on_change, help=help,
+                            format_func=lambda o: (names or {}).get(o) or o)
 
     def changed() -> None:
         if st.session_state.get(key) is None:  # clicked off: the option it had stays
@@ -158,25 +160,27 @@ def sidebar(title: str = "Home") -> Context:
         nav.navigation(links, {})
         st.info(TRAIN_HINT, icon=":material/model_training:")
         st.stop()
-    labels = list(found)
+    labels, names, first_run = runs.picker(found)
     _read_link(labels)
     if st.session_state.get("_kept_run") not in labels:
-        st.session_state["_kept_run"] = labels[0]
+        st.session_state["_kept_run"] = first_run
     with st.sidebar:
         label = choice(
             "Run",
             labels,
             key="run",
-            on_change=keep("run", labels[0]),
-            help="Runs under assets/ and under the folder in TDA_RUNS.",
+            on_change=keep("run", first_run),
+            help="Runs under assets/ and under the folder in TDA_RUNS, by their number of "
+            "training images N (the Ladder page compares them).",
+            names=names,
         )
     lim = limits()
     try:
         key = runs.run_key(found[label])
         base = runs.explorer(key)
     except (TdaError, OSError) as e:
-        names = {found[label]: label, str(Path(found[label])): label}
-        _stop(f"Cannot open run **{label}**: {guard.public_message(e, names)}", links)
+        known = {found[label]: label, str(Path(found[label])): label}
+        _stop(f"Cannot open run **{label}**: {guard.public_message(e, known)}", links)
     f = runs.featured(key)
     first = f.seeds() if f is not None else []
     with st.sidebar:
