@@ -12,7 +12,7 @@ TDA_RUNS.
 import streamlit as st
 
 from tda import pictures, views
-from ui import render, results, sidebar
+from ui import findings, render, results, sidebar
 
 INIT_HELP = {
     "shared": "shared: members start from the same weights and random stream.",
@@ -40,9 +40,6 @@ st.subheader(f"Loaded run: {ctx.label}")
 s = run.summary()
 c_, h_, w_ = run.image_shape
 replay = run.config.train.replay
-# the facts as one paragraph and one caption, the candidate test as an alert and a caption:
-# with 20 visitors' browsers on the server's two cores, each table, picture or link row
-# on this first page cost every visitor time (benchmarks/README.md, "A lighter first page")
 st.markdown(
     f"**{s['N']:,} training images** (N) · **{s['n']} members** (n) · each image seen by "
     f"**h = {s['h']}** members · {s['dataset']}, {h_}×{w_} px, {c_} channel(s) · "
@@ -55,38 +52,7 @@ st.caption(
     + INIT_HELP.get(s["init"], "")
 )
 
-tar = views.tar_finding(run.path)
-if tar is not None:
-    head = {"ok": "Yes: samples here are attributable.",
-            "partly": "Partly.", "weak": "Mostly not."}[tar["level"]]
-    show = {"ok": st.success, "partly": st.warning, "weak": st.warning}[tar["level"]]
-    show(f"**Is attribution meaningful here? {head}** " + tar["text"])
-    paper = tar["paper"]
-    st.caption(
-        "Candidate test (TAR, 95% interval; how often ablating the nearest training image "
-        "x̂ / a random one changes the sample; samples that copy a training image): "
-        + "; ".join(
-            f"**{r['rule']}**{' (default)' if r['rule'] == tar['default_rule'] else ''} "
-            f"{r['tar']:.2f} ({r['low']:.2f}–{r['high']:.2f}), {r['candidate']:.0%} / "
-            f"{r['random']:.0%}, {r['copies']:.0%} copies"
-            for r in tar["rows"]
-        )
-        + ("" if paper is None else f". The paper (MNIST): {paper[1]:.2f} at N = {paper[0]:,}")
-        + ". Details on Diagnostics."
-    )
-
-finding = views.floor_finding(run.path)
-if finding is None and tar is None:
-    st.info(
-        "No attribution measurement for this run yet: run `python -m tda evaluate --run "
-        f"{ctx.label}` (the run's folder) to learn whether its samples are attributable."
-    )
-elif finding is not None and tar is not None:  # the candidate test leads; the floor adds
-    st.caption("**Scores vs the phantom floor.** " + finding[1])
-elif finding is not None:
-    head = {"weak": "Mostly not.", "partly": "Partly.", "ok": "Yes."}[finding[0]]
-    show = st.success if finding[0] == "ok" else st.warning
-    show(f"**Is attribution meaningful here? {head}** " + finding[1])
+findings.attributable(run, ctx.label)
 
 render.chart("Interactive code matrix (hover for each image)",
              lambda: views.code_matrix_figure(run.codes, run.labels), "codes",
@@ -124,6 +90,7 @@ c[1].markdown(
 
 st.caption(
     "Next, in the sidebar: **Generate** a sample, **Attribute** it, switch members off in "
-    "the **Ablation lab**, or browse the **Training set**. The links keep this run, seed "
+    "the **Ablation lab**, browse the **Training set**, or climb the **Ladder** of runs "
+    "at growing N. The links keep this run, seed "
     "and rule, and so does the page's URL: copy it to share this view."
 )

@@ -6,6 +6,11 @@ show where ours stand. Printed as a markdown table beside Dai & Gifford's MNIST
 figures (22 GPU-trained UNets, h = 11, 32x32).
 
     python benchmarks/tar_vs_n.py --ideal 256,1024,4096 --runs assets/default,runs/x --samples 200
+    python benchmarks/tar_vs_n.py --reports assets   # the ladder, from the runs' saved reports
+
+`--reports ROOT` recomputes nothing: every run below ROOT is a rung (`tda.ladder`), its
+row read from its report (`python -m tda evaluate`), printed against N and against
+images per member (ours N·h/n, the paper's N/2) beside the paper's MNIST row.
 """
 
 from __future__ import annotations
@@ -64,6 +69,32 @@ def fmt(r: dict) -> str:
             + f" | {'—' if paper is None else f'{paper:.2f}'} |")
 
 
+def ladder_table(root: Path) -> list[str]:
+    """The rungs below `root`, from their saved reports, as markdown lines."""
+    from tda.ensemble import MANIFEST
+    from tda.ladder import rungs
+
+    found = sorted(m.parent for m in root.rglob(MANIFEST) if "checkpoints" not in m.parts)
+    rows = rungs({p.relative_to(root).as_posix(): str(p) for p in found})
+    out = ["| run | N | n/h | images per member (paper) | TAR (95%) | paper TAR | x̂ / random "
+           "change | copies | median nearest L2 | FD |", "|---" * 10 + "|"]
+    for r in rows:
+        paper = PAPER_TAR.get(r["N"])
+        measured = r["tar"] is not None
+        out.append(" | ".join([
+            f"| {r['label']}", f"{r['N']:,}", f"{r['n']}/{r['h']}",
+            f"{r['per_member']:.0f} ({r['N'] // 2:,})",
+            f"{r['tar']:.2f} ({r['tar_low']:.2f}–{r['tar_high']:.2f}), {r['samples']} samples, "
+            f"{r['rule']}" if measured else "not measured",
+            "—" if paper is None else f"{paper:.2f}",
+            f"{r['p_change_candidate']:.0%} / {r['p_change_random']:.0%}" if measured else "—",
+            f"{r['copies']:.0%}" if measured else "—",
+            f"{r['median_distance']:.2f}" if measured else "—",
+            "—" if r["fd"] is None else f"{r['fd']:.1f}",
+        ]) + " |")
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ideal", default="256,1024,4096", help="N of ideal-memoriser ensembles")
@@ -73,7 +104,12 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=200)
     p.add_argument("--controls", type=int, default=16)
     p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    p.add_argument("--reports", type=Path, default=None,
+                   help="print the ladder of the runs below this folder from their reports")
     a = p.parse_args()
+    if a.reports is not None:
+        print("\n".join(ladder_table(a.reports)))
+        return
     torch.set_num_threads(2)
     print(f"candidate test, {a.samples} samples (seeds {SEED0}+), {a.controls} controls each; "
           "cells: TAR (95% interval) · random-ablation change rate · samples that copy")

@@ -89,7 +89,7 @@ def tar_curve(rows: list[dict], current: str | None = None) -> go.Figure:
         x=[N for N, _ in paper], y=[t for _, t in paper], name=PAPER_NAME,
         mode="lines+markers", line=dict(color="#8c8c8c", dash="dash"),
         hovertemplate="paper: N = %{x:,}<br>TAR %{y:.2f}<extra></extra>"))
-    for color, (name, group) in zip(COLORS * 4, recipes(rows).items()):
+    for color, (name, group) in zip(COLORS * 4, recipes(rows).items(), strict=False):
         have = [r for r in group if r["tar"] is not None]
         if not have:
             continue
@@ -127,7 +127,7 @@ def tar_picture(rows: list[dict], current: str | None = None,
 
     W, H = size
     groups = [(c, name, [r for r in g if r["tar"] is not None])
-              for c, (name, g) in zip(COLORS * 4, recipes(rows).items())]
+              for c, (name, g) in zip(COLORS * 4, recipes(rows).items(), strict=False)]
     groups = [g for g in groups if g[2]]
     legend = [("#8c8c8c", PAPER_NAME)] + [(c, f"ours: {name}") for c, name, _ in groups]
     left, right, top, bottom = 58, W - 20, 14, H - 46 - 16 * len(legend)
@@ -153,7 +153,7 @@ def tar_picture(rows: list[dict], current: str | None = None,
            font=font(), anchor="mt")
     d.text((4, top - 6), "TAR", fill=INK, font=font(), anchor="lt")
     paper = [xy(N, t) for N, t in sorted(PAPER_TAR.items())]
-    for a, b in zip(paper, paper[1:]):  # dashed
+    for a, b in zip(paper, paper[1:], strict=False):  # dashed
         for k in range(0, 20, 2):
             d.line([_lerp(a, b, k / 20), _lerp(a, b, (k + 1) / 20)], fill=(140, 140, 140), width=2)
     for p in paper:
@@ -163,7 +163,7 @@ def tar_picture(rows: list[dict], current: str | None = None,
         pts = [xy(r["N"], r["tar"]) for r in g]
         if len(pts) > 1:
             d.line(pts, fill=rgb, width=3)
-        for r, (x, y) in zip(g, pts):
+        for r, (x, y) in zip(g, pts, strict=True):
             y0, y1 = xy(1, r["tar_low"])[1], xy(1, r["tar_high"])[1]
             d.line([(x, y0), (x, y1)], fill=rgb, width=2)
             d.line([(x - 5, y0), (x + 5, y0)], fill=rgb, width=2)

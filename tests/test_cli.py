@@ -231,8 +231,8 @@ def test_half_precision_weights_keep_chains_exact_on_the_stored_values(tiny_run_
     assert after.summary()["stored_weights"] == "float16"
     half = sum(p.stat().st_size for p in (tiny_run_copy / "members").rglob("*.safetensors"))
     assert half < 0.6 * size
-    for m0, m1 in zip(before.members, after.members):
-        for p0, p1 in zip(m0.parameters(), m1.parameters()):
+    for m0, m1 in zip(before.members, after.members, strict=True):
+        for p0, p1 in zip(m0.parameters(), m1.parameters(), strict=True):
             assert p1.dtype == torch.float32
             assert torch.equal(p1, p0.half().float())  # loaded values are the stored ones
     for m in before.members:  # the reference: round the float32 run by hand
@@ -243,7 +243,7 @@ def test_half_precision_weights_keep_chains_exact_on_the_stored_values(tiny_run_
     assert torch.equal(ref.counterfactual(3, remove_rows=[2]).sample,
                        got.counterfactual(3, remove_rows=[2]).sample)
     plain = UNet2DModel.from_pretrained(member_dir(tiny_run_copy, 0), use_safetensors=True)
-    for p0, p1 in zip(plain.parameters(), after.members[0].parameters()):
+    for p0, p1 in zip(plain.parameters(), after.members[0].parameters(), strict=True):
         assert torch.equal(p0.float(), p1)  # plain diffusers loading reads the same weights
     assert main(["configure", "--run", str(tiny_run_copy), "--half"]) == 0  # idempotent
     assert "already" in capsys.readouterr().out

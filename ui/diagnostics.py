@@ -139,3 +139,4 @@ def methods_section(a: dict, chart) -> None:
             f"{r['exact_top1_not_nearest']:.0%} of seeds"
         )
         st.dataframe(views.methods_table(r), hide_index=True)
+

@@ -44,7 +44,7 @@ def open_rung(label: str) -> None:
 def switch_buttons(rows: list[dict], current: str) -> None:
     """One button per rung under its pictures; the current rung's is disabled."""
     cols = st.columns(len(rows))
-    for c, r in zip(cols, rows):
+    for c, r in zip(cols, rows, strict=True):
         here = r["label"] == current
         c.button(f"N = {r['N']:,}: {'open now' if here else 'open'}", key=f"rung_{r['label']}",
                  on_click=open_rung, args=(r["label"],), disabled=here,
