@@ -166,14 +166,15 @@ class Explorer:
             combine=self.combine,
         )
 
-    def sample(self, seed: int, steps: int | None = None) -> Sample:
+    def sample(self, seed: int, steps: int | None = None,
+               progress: Callable[[int, int], None] | None = None) -> Sample:
         """The full ensemble's sample and its trajectory: one chain, cached (LRU) per seed."""
         key = (int(seed), self.steps(steps))
         if key in self._samples:
             self._samples.move_to_end(key)
         else:
             record: dict = {}
-            y, traj = self.y(u0(self.n), seed, steps, trajectory=True, record=record)
+            y, traj = self.y(u0(self.n), seed, steps, progress, trajectory=True, record=record)
             loglik = record["mixture_loglik"][:, 0] if record else None
             self._samples[key] = Sample(key[0], key[1], self.noise(seed, steps), y[0], traj[:, 0],
                                         loglik)

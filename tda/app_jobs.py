@@ -24,25 +24,40 @@ def run_path(key: str) -> str:
     return key.rsplit("@", 1)[0]
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=4)  # a ladder's rungs side by side
 def _loaded(key: str) -> Explorer:
     return Explorer(run_path(key))
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=8)
 def explorer(key: str, combine: str | None) -> Explorer:
     """This process's Explorer of run `key` under rule `combine`."""
     return _loaded(key).with_combine(combine)
 
 
+def _open(key: str, combine: str | None, report) -> Explorer:
+    """`explorer`, telling a job's `report` first when the run must be loaded (its files
+    checked, a second or more), so the waiting page says so."""
+    if report is not None and key not in _seen:
+        report((0.0, 1.0, "Loading the run in a worker ..."))
+    _seen.add(key)
+    return explorer(key, combine)
+
+
+_seen: set[str] = set()  # run keys this process has loaded
+
+
 def _progress(report, text: str | None = None):
+    if report is None:
+        return None
     return lambda done, total, what=None: report((float(done), float(total), what or text))
 
 
 def sample(key: str, combine: str, seed: int, report=None):
     """(sample, trajectory, mixture log-likelihoods or None) as numpy, and the seconds."""
     t = time.perf_counter()
-    s = explorer(key, combine).sample(seed)
+    step = _progress(report, f"Sampling seed {seed}: step")
+    s = _open(key, combine, report).sample(seed, progress=step)
     loglik = None if s.mixture_loglik is None else s.mixture_loglik.numpy()
     return s.sample.numpy(), s.trajectory.numpy(), loglik, time.perf_counter() - t
 
@@ -50,32 +65,32 @@ def sample(key: str, combine: str, seed: int, report=None):
 def y(key: str, combine: str, weights, seed: int, report=None):
     """y(V, eps) of one seed [B, C, H, W] as numpy, and the seconds it took."""
     t = time.perf_counter()
-    out = explorer(key, combine).y(weights, seed, progress=_progress(report)).numpy()
+    out = _open(key, combine, report).y(weights, seed, progress=_progress(report)).numpy()
     return out, time.perf_counter() - t
 
 
 def attribution(key: str, combine: str, seed: int, method: str, report=None):
     from .attribution import attribute
 
-    return attribute(explorer(key, combine), seed, method, progress=_progress(report))
+    return attribute(_open(key, combine, report), seed, method, progress=_progress(report))
 
 
 def verified(key: str, combine: str, base, m: int, report=None):
     from .attribution import verify_topk
 
-    return verify_topk(explorer(key, combine), base, m=m, progress=_progress(report))
+    return verify_topk(_open(key, combine, report), base, m=m, progress=_progress(report))
 
 
 def counterfactuals(key: str, combine: str, att, rows, exact: bool, report=None) -> np.ndarray:
     from .attribution import counterfactuals_for
 
-    return counterfactuals_for(explorer(key, combine), att, list(rows), exact=exact).numpy()
+    return counterfactuals_for(_open(key, combine, report), att, list(rows), exact=exact).numpy()
 
 
 def candidate(key: str, combine: str, seed: int, controls: int, report=None):
     from .candidate import candidate_test
 
-    return candidate_test(explorer(key, combine), seed, controls=controls,
+    return candidate_test(_open(key, combine, report), seed, controls=controls,
                           chain_progress=_progress(report))
 
 
@@ -87,6 +102,6 @@ def evaluate(key: str, combine: str, sizes, report=None) -> dict:
 
     tmp = Path(tempfile.mkdtemp(prefix="tda-diagnostics-"))
     own = Path(run_path(key)) / CLASSIFIER_DIR
-    return run_evaluation(explorer(key, combine), tmp / "report", sizes,
+    return run_evaluation(_open(key, combine, report), tmp / "report", sizes,
                           classifier_dir=own if own.is_dir() else tmp / CLASSIFIER_DIR,
                           progress=lambda what, d, t: report((float(d), float(t), f"{what}:")))

@@ -126,7 +126,7 @@ class Pool:
 
     def __init__(self, size: int, queue: int = 1 << 30, nice: int = 0, threads: int = 1,
                  keep: int = 0, grace: float = 2.0, name: str = "tda-worker",
-                 preload: tuple[str, ...] = ()):
+                 preload: tuple[str, ...] = (), eager: bool = False):
         if size < 1 or queue < 0 or keep < 0:
             raise TdaError("a pool needs size >= 1, queue and keep >= 0")
         self.size, self.queue, self.keep, self.grace = size, queue, keep, grace
@@ -147,6 +147,10 @@ class Pool:
         self._closed = False
         self.started = 0  # jobs ever started (a joined job starts once)
         self.processes = 0  # worker processes ever started
+        self.eager = eager  # start every worker now, not at its first job
+        if eager:
+            for _ in range(size):
+                self._start_slot()
 
     def submit(self, job: Job) -> Ticket:
         with self._cv:
@@ -248,9 +252,20 @@ class Pool:
             self._cv.wait()
         return None
 
+    def _new_worker(self) -> _Worker:
+        with self._cv:
+            self.processes += 1
+            name = f"{self.name}-{self.processes}"
+        return _Worker(self._ctx, self.nice, self.threads, name)
+
     def _slot(self) -> None:
         """One worker process and the thread that feeds it, job after job."""
         worker: _Worker | None = None
+        if self.eager:
+            try:
+                worker = self._new_worker()
+            except Exception:  # noqa: BLE001 - tried again at the first job
+                worker = None
         while True:
             with self._cv:
                 task = self._next()
@@ -258,9 +273,7 @@ class Pool:
                 break
             try:
                 if worker is None:
-                    worker = _Worker(self._ctx, self.nice, self.threads,
-                                     f"{self.name}-{self.processes + 1}")
-                    self.processes += 1
+                    worker = self._new_worker()
                 state, value, error = worker.run(task, self)
             except Exception as e:  # noqa: BLE001 - a process that would not start
                 state, value, error = FAILED, None, TdaError(f"no worker process: {e}")

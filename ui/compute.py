@@ -5,7 +5,8 @@ session of the server (`st.cache_resource`).
   one counterfactual), so they never wait behind a sweep;
 - "long": `Limits.jobs` processes (at most the cores) for sweeps, member samples,
   verification, the candidate test and live evaluation, with `Limits.queue` places in
-  its queue and the last `RESULTS_KEPT` results kept for everyone.
+  its queue.
+Each keeps its last `RESULTS_KEPT` results for everyone.
 Both run one job per key whoever asks (a second session joins the first), at
 niceness `Limits.nice` with `Limits.threads` torch threads, so serving pages goes
 first. A waiting page shows its place in the queue or the job's progress; a job
@@ -24,7 +25,7 @@ from tda.limits import limits
 from tda.pool import QUEUED, Busy, Job, Pool, Status
 
 POLL_S = 0.5  # a waiting page redraws its place or progress this often
-RESULTS_KEPT = 256  # finished long results kept for everyone (least recently used go)
+RESULTS_KEPT = 256  # finished results kept for everyone, per lane (least recently used go)
 PRELOAD = ("tda.app_jobs", "tda.attribution", "tda.candidate")  # imported once, shared
 BUSY = ("The server is busy: every worker is taken and the queue is full. Try again in a "
         "minute; results others computed meanwhile will be ready at once.")
@@ -39,9 +40,10 @@ class Pools:
 @st.cache_resource(show_spinner=False)
 def pools() -> Pools:
     lim = limits()
-    kw = dict(queue=lim.queue, nice=min(lim.nice, 19), threads=lim.threads, preload=PRELOAD)
+    kw = dict(queue=lim.queue, nice=min(lim.nice, 19), threads=lim.threads, preload=PRELOAD,
+              eager=True)  # workers start with the server's first page, not a visitor's job
     jobs = max(1, min(lim.jobs, os.cpu_count() or 1))
-    return Pools(Pool(1, name="tda-cheap", **kw),
+    return Pools(Pool(1, keep=RESULTS_KEPT, name="tda-cheap", **kw),
                  Pool(jobs, keep=RESULTS_KEPT, name="tda-long", **kw))
 
 
@@ -53,19 +55,21 @@ def _submit(pool: Pool, job: Job):
         st.stop()
 
 
-def cheap(key: tuple, fn, *args) -> Any:
-    """fn(*args) in the cheap lane, waited for without drawing (callers may be cached
-    functions, whose drawings Streamlit would replay)."""
-    with _submit(pools().cheap, Job(key, fn, args)) as ticket:
-        return ticket.result()
+def cheap(key: tuple, fn, *args, text: str = "Computing ...") -> Any:
+    """fn(*args) in the cheap lane: a page's own short chain, never behind a sweep."""
+    return _wait(pools().cheap, Job(key, fn, args), text)
 
 
 def long(key: tuple, fn, *args, text: str) -> Any:
-    """fn(*args) in the long lane: a known or joined result, or a new job. While it
-    waits the page shows its place in the queue or its progress, redrawn every
-    `POLL_S`; each draw is where Streamlit stops the run of a page its visitor left,
-    which releases the ticket."""
-    with _submit(pools().long, Job(key, fn, args)) as ticket:
+    """fn(*args) in the long lane: sweeps and other long jobs."""
+    return _wait(pools().long, Job(key, fn, args), text)
+
+
+def _wait(pool: Pool, job: Job, text: str) -> Any:
+    """A known or joined result, or a new job. While it waits the page shows its place in
+    the queue or its progress, redrawn every `POLL_S`; each draw is where Streamlit stops
+    the run of a page its visitor left, which releases the ticket."""
+    with _submit(pool, job) as ticket:
         if not ticket.wait(0.05):
             box = st.empty()
             while not ticket.wait(POLL_S):
@@ -88,7 +92,10 @@ def show(box, s: Status, text: str) -> None:
             icon=":material/hourglass_top:",
         )
         return
-    done, total, what = s.report or (0.0, 0.0, None)
+    if s.report is None:  # started, nothing to count yet
+        box.info(f"**Running:** {text}", icon=":material/hourglass_top:")
+        return
+    done, total, what = s.report
     fraction = min(1.0, done / total) if total else 0.0
     count = f" {done:.0f}/{total:.0f}" if total else ""
     box.progress(fraction, text=f"{what or text}{count}")

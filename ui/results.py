@@ -6,7 +6,6 @@ then results computed before by anyone, else computed in the compute layer
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +23,10 @@ from tda.scores import SCORE_VERSION
 from ui import compute, runs
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
 def _sampled(key: str, seed: int, combine: str):
     """(sample, trajectory, mixture log-likelihoods or None, seconds of the chain)."""
-    return compute.cheap(("sample", key, seed, combine), app_jobs.sample, key, combine, seed)
+    return compute.cheap(("sample", key, seed, combine), app_jobs.sample, key, combine, seed,
+                         text=f"Sampling seed {seed} ...")
 
 
 def _sample(key: str, seed: int, combine: str) -> tuple[np.ndarray, float]:
@@ -40,8 +39,7 @@ def _sample(key: str, seed: int, combine: str) -> tuple[np.ndarray, float]:
 
 def ensemble_sample(key: str, seed: int, combine: str) -> tuple[np.ndarray, float]:
     """The full ensemble's sample and the seconds it took (precomputed if featured)."""
-    with st.spinner("Sampling ...", show_time=True):
-        return _sample(key, seed, combine)
+    return _sample(key, seed, combine)
 
 
 def trajectory(key: str, seed: int, combine: str) -> tuple[np.ndarray, np.ndarray, float]:
@@ -50,8 +48,7 @@ def trajectory(key: str, seed: int, combine: str) -> tuple[np.ndarray, np.ndarra
     if e is not None:
         t = e.tensors
         return t["trajectory"].numpy(), t["timesteps"].numpy(), e.seconds("sample")
-    with st.spinner("Sampling ...", show_time=True):
-        _, traj, _, seconds = _sampled(key, seed, combine)
+    _, traj, _, seconds = _sampled(key, seed, combine)
     return traj, runs.explorer(key, combine).chain().timesteps.numpy(), seconds
 
 
@@ -60,8 +57,7 @@ def mixture_loglik(key: str, seed: int) -> np.ndarray:
     e = runs.entry(key, seed, "mixture")
     if e is not None and e.mixture_loglik is not None:
         return e.mixture_loglik.numpy()
-    with st.spinner("Sampling ...", show_time=True):
-        return _sampled(key, seed, "mixture")[2]
+    return _sampled(key, seed, "mixture")[2]
 
 
 def member_samples(key: str, seed: int, combine: str) -> tuple[np.ndarray, float]:
@@ -74,19 +70,17 @@ def member_samples(key: str, seed: int, combine: str) -> tuple[np.ndarray, float
                         text="Sampling every member alone ...")
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
 def _counterfactual(key: str, seed: int, active: tuple[bool, ...], combine: str):
     ex = runs.explorer(key, combine)
     w = ex.weights_for(active=list(active))
-    t = time.perf_counter()
     base = torch.as_tensor(_sample(key, seed, combine)[0])
     if torch.equal(w, u0(ex.n)):
-        y = base.clone()
+        y, seconds = base.clone(), 0.0
     else:
-        ys, _ = compute.cheap(("y", key, seed, combine, active), app_jobs.y, key, combine,
-                              w, seed)
+        ys, seconds = compute.cheap(("y", key, seed, combine, active), app_jobs.y, key, combine,
+                                    w, seed, text="Running the counterfactual chain ...")
         y = torch.from_numpy(ys[0])
-    return Counterfactual(base, y, w, unseen_rows(ex.run.codes, w)), time.perf_counter() - t
+    return Counterfactual(base, y, w, unseen_rows(ex.run.codes, w)), seconds
 
 
 def counterfactual(key: str, seed: int, active: tuple[bool, ...], combine: str):
@@ -95,8 +89,7 @@ def counterfactual(key: str, seed: int, active: tuple[bool, ...], combine: str):
     cf = None if e is None else e.counterfactual(active)
     if cf is not None:
         return cf, e.seconds("home_counterfactual")
-    with st.spinner("Running the counterfactual chain ...", show_time=True):
-        return _counterfactual(key, seed, active, combine)
+    return _counterfactual(key, seed, active, combine)
 
 
 def cached_attribution(key: str, seed: int, method: str, combine: str):
@@ -139,16 +132,15 @@ def verified(key: str, seed: int, method: str, m: int, combine: str):
                         text=f"Exact chains for the top {m} and the phantoms ...")
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
-def _counterfactuals(key, seed, method, verified_m, rows, exact, combine, _att) -> np.ndarray:
+def _counterfactuals(key, seed, method, verified_m, rows, exact, combine, att) -> np.ndarray:
     from tda.attribution import counterfactuals_for, counterfactuals_need_chains
 
-    if counterfactuals_need_chains(_att, list(rows), exact):
+    if counterfactuals_need_chains(att, list(rows), exact):
         return compute.cheap(("counterfactuals", key, seed, method, verified_m, rows, exact,
-                              combine), app_jobs.counterfactuals, key, combine, _att, rows,
-                             exact)
+                              combine), app_jobs.counterfactuals, key, combine, att, rows,
+                             exact, text="Counterfactuals of the top images ...")
     # a matrix product or stored residuals: here, at once
-    return counterfactuals_for(runs.explorer(key, combine), _att, list(rows), exact=exact).numpy()
+    return counterfactuals_for(runs.explorer(key, combine), att, list(rows), exact=exact).numpy()
 
 
 def counterfactuals(key: str, seed: int, method: str, verified_m: int,
@@ -156,8 +148,7 @@ def counterfactuals(key: str, seed: int, method: str, verified_m: int,
     """Counterfactual samples of training rows for the attribution shown (verified if m)."""
     att = (verified(key, seed, method, verified_m, combine) if verified_m
            else attribution(key, seed, method, combine))
-    with st.spinner("Counterfactuals of the top images ...", show_time=True):
-        return _counterfactuals(key, seed, method, verified_m, rows, exact, combine, att)
+    return _counterfactuals(key, seed, method, verified_m, rows, exact, combine, att)
 
 
 def neighbours(key: str, query: np.ndarray, k: int, skip: int | None = None):
