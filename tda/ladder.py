@@ -191,7 +191,8 @@ def table(rows: list[dict]) -> list[dict]:
             "run": r["label"], "N": f"{r['N']:,}", "n / h": f"{r['n']} / {r['h']}",
             "images per member": f"{r['per_member']:.0f} (paper: {r['N'] // 2:,})",
             "TAR": "not measured" if t is None
-            else f"{t:.2f} ({r['tar_low']:.2f}–{r['tar_high']:.2f}), {r['samples']} samples",
+            else f"{t:.2f} ({r['tar_low']:.2f}–{r['tar_high']:.2f}), {r['samples']} samples, "
+            f"{r['rule']}",
             "paper": f"{PAPER_TAR[r['N']]:.2f}" if r["N"] in PAPER_TAR else "—",
             "x̂ / random change": "—" if t is None
             else f"{r['p_change_candidate']:.0%} / {r['p_change_random']:.0%}",

@@ -87,7 +87,8 @@ def test_ladder_page_shows_one_seed_on_every_rung_and_switches_the_app(ladder_en
     assert all(c.startswith("#") and "L2" in c for c in sheet[2:])
     shown = " ".join(m.value for m in at.markdown)
     for r in rungs(found(ladder_env)):  # the table: every rung's TAR and interval
-        assert f"{r['tar']:.2f} ({r['tar_low']:.2f}–{r['tar_high']:.2f}), 8 samples" in shown
+        assert (f"{r['tar']:.2f} ({r['tar_low']:.2f}–{r['tar_high']:.2f}), 8 samples, "
+                f"{r['rule']}") in shown
     current = at.session_state["run"]
     other = next(b for b in at.button if b.key.startswith("rung_") and not b.disabled)
     assert other.key != f"rung_{current}"
