@@ -732,3 +732,24 @@ def test_uploads_refuse_bombs_and_truncated_files(app_env, tiny_explorer, sheets
     at.run()
     assert not at.exception and "truncated" in at.error[0].value
     assert all("your image, converted" not in caps for _, caps in sheets)
+
+
+def test_a_full_queue_refuses_with_a_message(app_env, monkeypatch):
+    """Every lane full: a page that needs a chain says the server is busy and stops,
+    instead of waiting without end."""
+    from tda.pool import Busy
+    from ui import compute
+
+    class Full:
+        def submit(self, job):
+            raise Busy("every place taken")
+
+        def result(self, key, default=None):
+            return default
+
+    monkeypatch.setattr(compute, "pools", lambda: compute.Pools(Full(), Full()))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.query_params["seed"] = "4321"
+    at.run()
+    assert not at.exception, at.exception
+    assert any(compute.BUSY in w.value for w in at.warning)

@@ -2,7 +2,8 @@
 session of the server (`st.cache_resource`).
 
 - "cheap": one process for a page's own short chains (a sample with its trajectory,
-  one counterfactual), so they never wait behind a sweep;
+  one counterfactual), so they never wait behind a sweep; its jobs take about a second,
+  so its queue is `CHEAP_QUEUE_TIMES` longer;
 - "long": `Limits.jobs` processes (at most the cores) for sweeps, member samples,
   verification, the candidate test and live evaluation, with `Limits.queue` places in
   its queue.
@@ -25,6 +26,7 @@ from tda.limits import limits
 from tda.pool import QUEUED, Busy, Job, Pool, Status
 
 POLL_S = 0.5  # a waiting page redraws its place or progress this often
+CHEAP_QUEUE_TIMES = 4  # the cheap lane's queue holds this many times `Limits.queue`
 RESULTS_KEPT = 256  # finished results kept for everyone, per lane (least recently used go)
 PRELOAD = ("tda.app_jobs", "tda.attribution", "tda.candidate")  # imported once, shared
 BUSY = ("The server is busy: every worker is taken and the queue is full. Try again in a "
@@ -43,7 +45,8 @@ def pools() -> Pools:
     kw = dict(queue=lim.queue, nice=min(lim.nice, 19), threads=lim.threads, preload=PRELOAD,
               eager=True)  # workers start with the server's first page, not a visitor's job
     jobs = max(1, min(lim.jobs, os.cpu_count() or 1))
-    return Pools(Pool(1, keep=RESULTS_KEPT, name="tda-cheap", **kw),
+    cheap = kw | {"queue": CHEAP_QUEUE_TIMES * lim.queue}  # a second each: a longer line
+    return Pools(Pool(1, keep=RESULTS_KEPT, name="tda-cheap", **cheap),
                  Pool(jobs, keep=RESULTS_KEPT, name="tda-long", **kw))
 
 
