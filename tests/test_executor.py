@@ -278,21 +278,26 @@ def _checkpoints(out: Path) -> list[Path]:
     return list((out / CKPT_DIR).glob("*.safetensors")) if (out / CKPT_DIR).is_dir() else []
 
 
-def test_ctrl_c_leaves_a_run_that_the_same_command_resumes(cluster, tiny_run_dir, tmp_path):
+def test_ctrl_c_leaves_a_run_that_the_same_command_resumes(cluster, tiny_run_dir, tmp_path,
+                                                           monkeypatch):
+    """An interrupt in the driver mid-training (here as it takes in the first result after
+    a checkpoint was written, where a Ctrl-C lands as KeyboardInterrupt, on a machine
+    however busy; the CLI test below sends a real SIGINT) leaves checkpoints that the
+    same command resumes."""
+    from tda import train_jobs
+
     out = tmp_path / "interrupted"
+    real = train_jobs._Bars.__call__
 
-    def interrupt_once_checkpoints_arrive():
-        deadline = time.time() + 240
-        # the first checkpoint back: members that finish delete theirs, so on a busy
-        # machine a later count of them may never be seen at once
-        while time.time() < deadline and not _checkpoints(out):
-            time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGINT)
+    def interrupt_once_checkpoints_arrive(self, name, step, loss):
+        if _checkpoints(out):
+            raise KeyboardInterrupt
+        return real(self, name, step, loss)
 
-    threading.Thread(target=interrupt_once_checkpoints_arrive, daemon=True).start()
+    monkeypatch.setattr(train_jobs._Bars, "__call__", interrupt_once_checkpoints_arrive)
     with pytest.raises(KeyboardInterrupt):
         _train_ray(out)
-        time.sleep(5)  # had training ended first, the interrupt still lands here
+    monkeypatch.setattr(train_jobs._Bars, "__call__", real)
     assert not (out / MANIFEST).exists()
     assert _checkpoints(out)
     _no_leftovers(out)
@@ -319,7 +324,7 @@ def test_ctrl_c_stops_the_ray_a_command_started_and_every_process_of_it(tmp_path
         family = _descendants(proc.pid)  # its Ray: GCS, raylet, workers, ...
         assert family
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=300)  # stopping a local Ray is slow on a busy machine
     finally:
         if proc.poll() is None:
             proc.kill()
