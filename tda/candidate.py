@@ -241,3 +241,7 @@ COPY_DISTANCE = 1.0  # pixel L2 in [0, 1] below which a sample counts as a copy 
 
 # the paper's MNIST TAR (Dai & Gifford 2024, 22 UNets, h = 11, 32x32, Euclidean NN)
 PAPER_TAR = {256: 1.00, 512: 0.92, 1024: 0.85, 2048: 0.55, 4096: 0.0}
+# their public rows (data/false_attribution.csv, Euclidean, 100 samples each): how often
+# ablating x-hat / a random image changed the sample's nearest training image
+PAPER_CHANGE = {256: (1.00, 0.48), 512: (0.96, 0.50), 1024: (0.92, 0.48), 2048: (0.73, 0.40),
+                4096: (0.39, 0.38), 8192: (0.31, 0.29)}

@@ -17,7 +17,7 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image, ImageDraw
 
-from .candidate import PAPER_TAR
+from .candidate import PAPER_CHANGE, PAPER_TAR
 from .config import RunConfig
 from .ensemble import MANIFEST
 
@@ -182,6 +182,14 @@ def _lerp(a, b, f: float) -> tuple[float, float]:
     return a[0] + (b[0] - a[0]) * f, a[1] + (b[1] - a[1]) * f
 
 
+def paper_cell(N: int) -> str:
+    """The paper's MNIST TAR at N and its x-hat / random change rates, or a dash."""
+    if N not in PAPER_TAR:
+        return "—"
+    cand, rand = PAPER_CHANGE[N]
+    return f"{PAPER_TAR[N]:.2f} ({cand:.0%} / {rand:.0%})"
+
+
 def table(rows: list[dict]) -> list[dict]:
     """The rungs as table rows, with the paper's TAR at the same N where it has one."""
     out = []
@@ -193,7 +201,7 @@ def table(rows: list[dict]) -> list[dict]:
             "TAR": "not measured" if t is None
             else f"{t:.2f} ({r['tar_low']:.2f}–{r['tar_high']:.2f}), {r['samples']} samples, "
             f"{r['rule']}",
-            "paper": f"{PAPER_TAR[r['N']]:.2f}" if r["N"] in PAPER_TAR else "—",
+            "paper": paper_cell(r["N"]),
             "x̂ / random change": "—" if t is None
             else f"{r['p_change_candidate']:.0%} / {r['p_change_random']:.0%}",
             "copies": "—" if t is None else f"{r['copies']:.0%}",
