@@ -3,6 +3,9 @@ a small live one), drawn section by section."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import numpy as np
 import streamlit as st
 
@@ -30,9 +33,16 @@ def present(report: dict) -> str:
     return ", ".join(v for k, v in PARTS.items() if k in report) or "no part yet"
 
 
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _figures(digest: str, _report: dict) -> dict:
+    return figures(_report)
+
+
 def draw(report: dict) -> None:
-    """Headline numbers, then one section per part the report has."""
-    figs = figures(report)
+    """Headline numbers, then one section per part the report has. A report's figures
+    are built once for every visitor (plotly figures take a while to build)."""
+    digest = hashlib.sha256(json.dumps(report, sort_keys=True, default=str).encode()).hexdigest()
+    figs = _figures(digest, report)
 
     def chart(name: str) -> None:
         if name in figs:
