@@ -164,7 +164,10 @@ def precompute(
             tensors[f"candidate.{name}"] = torch.as_tensor(np.asarray(getattr(test, name)))
         entry["file"] = _file(seed, explorer.combine)
         path = out / entry["file"]
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+        # cloned: a method's state may be a view of another tensor here (the mean rule's
+        # last-step x_prev is a step of the trajectory), which safetensors refuses
+        save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()},
+                  str(path))
         entry["sha256"] = sha256(path)
         keep = [e for e in keep if (e["seed"], e["combine"]) != (seed, explorer.combine)]
         keep.append(entry)
