@@ -281,9 +281,8 @@ def _checkpoints(out: Path) -> list[Path]:
 def test_ctrl_c_leaves_a_run_that_the_same_command_resumes(cluster, tiny_run_dir, tmp_path,
                                                            monkeypatch):
     """An interrupt in the driver mid-training (here as it takes in the first result after
-    a checkpoint was written, where a Ctrl-C lands as KeyboardInterrupt, on a machine
-    however busy; the CLI test below sends a real SIGINT) leaves checkpoints that the
-    same command resumes."""
+    a checkpoint was written, where a Ctrl-C lands as KeyboardInterrupt; the CLI test
+    below sends a real SIGINT) leaves checkpoints that the same command resumes."""
     from tda import train_jobs
 
     out = tmp_path / "interrupted"
@@ -314,8 +313,11 @@ def test_ctrl_c_stops_the_ray_a_command_started_and_every_process_of_it(tmp_path
         "train --dataset digits --n 16 --members 6 --weight 3 --image-size 8 --steps 5000 "
         "--batch-size 16 --channels-per-block 8,16 --backend ray").split(), "--out", str(out)]
     root = Path(__file__).resolve().parents[1]
+    # SIGINT as a terminal gives it: a suite started in the background (`cmd &` in a
+    # script) inherits SIGINT ignored, and Python then keeps ignoring it in the command
     proc = subprocess.Popen(cmd, cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None and not _checkpoints(out):
@@ -323,19 +325,8 @@ def test_ctrl_c_stops_the_ray_a_command_started_and_every_process_of_it(tmp_path
         assert _checkpoints(out), "no checkpoint before the deadline"
         family = _descendants(proc.pid)  # its Ray: GCS, raylet, workers, ...
         assert family
-        # Ctrl-C, and again every 30 s while it runs: Ray defers a SIGINT that lands
-        # inside some of its calls (ray._private.utils.DeferSigint) and drops it when the
-        # call ends in an error, e.g. a progress read timing out on a busy machine; a
-        # user presses Ctrl-C again, and so does this test
-        for _ in range(8):
-            proc.send_signal(signal.SIGINT)
-            try:
-                _, err = proc.communicate(timeout=30)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        else:
-            _, err = proc.communicate(timeout=60)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=300)  # stopping a local Ray is slow on a busy machine
     finally:
         if proc.poll() is None:
             proc.kill()
