@@ -72,27 +72,14 @@ def fmt(r: dict) -> str:
 def ladder_table(root: Path) -> list[str]:
     """The rungs below `root`, from their saved reports, as markdown lines."""
     from tda.ensemble import MANIFEST
-    from tda.ladder import paper_cell, rungs
+    from tda.ladder import rungs, table
 
     found = sorted(m.parent for m in root.rglob(MANIFEST) if "checkpoints" not in m.parts)
-    rows = rungs({p.relative_to(root).as_posix(): str(p) for p in found})
-    out = ["| run | N | n/h | images per member (paper) | TAR (95%) | paper TAR (x̂ / random "
-           "change) | x̂ / random change | copies | median nearest L2 | FD |",
-           "|---" * 10 + "|"]
-    for r in rows:
-        measured = r["tar"] is not None
-        out.append(" | ".join([
-            f"| {r['label']}", f"{r['N']:,}", f"{r['n']}/{r['h']}",
-            f"{r['per_member']:.0f} ({r['N'] // 2:,})",
-            f"{r['tar']:.2f} ({r['tar_low']:.2f}–{r['tar_high']:.2f}), {r['samples']} samples, "
-            f"{r['rule']}" if measured else "not measured",
-            paper_cell(r["N"]),
-            f"{r['p_change_candidate']:.0%} / {r['p_change_random']:.0%}" if measured else "—",
-            f"{r['copies']:.0%}" if measured else "—",
-            f"{r['median_distance']:.2f}" if measured else "—",
-            "—" if r["fd"] is None else f"{r['fd']:.1f}",
-        ]) + " |")
-    return out
+    rows = table(rungs({p.relative_to(root).as_posix(): str(p) for p in found}))
+    if not rows:
+        return ["no run below " + str(root)]
+    return ["| " + " | ".join(rows[0]) + " |", "|---" * len(rows[0]) + "|",
+            *("| " + " | ".join(r.values()) + " |" for r in rows)]
 
 
 def main() -> None:

@@ -206,5 +206,6 @@ def table(rows: list[dict]) -> list[dict]:
             else f"{r['p_change_candidate']:.0%} / {r['p_change_random']:.0%}",
             "copies": "—" if t is None else f"{r['copies']:.0%}",
             "median nearest L2": "—" if t is None else f"{r['median_distance']:.2f}",
+            "FD": "—" if r["fd"] is None else f"{r['fd']:.1f}",
         })
     return out
