@@ -167,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--compare-runs", default="", help="other run folders, comma separated")
     ev.add_argument("--classifier-steps", type=int, default=1500,
                     help="training steps of the run's classifier if it has none yet")
+    ev.add_argument("--classifier-outside", type=int, default=0, metavar="N",
+                    help="fit that classifier on the digits outside the first N of the draw "
+                    "(default: the run's N); draws are nested, so a ladder's largest N gives "
+                    "all its rungs one classifier")
     ev.add_argument("--tar-samples", type=int, default=200,
                     help="samples (held-out seeds) in the candidate test, per rule")
     ev.add_argument("--tar-controls", type=int, default=16,
@@ -451,6 +455,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     sizes = EvalSizes(
         samples=a.samples, seeds=a.seeds, other_rule_seeds=a.other_rule_seeds, draws=a.draws,
         sizes=tuple(_int_list(a.sizes, "--sizes")), classifier_steps=a.classifier_steps,
+        classifier_outside=a.classifier_outside,
         tar_samples=a.tar_samples, tar_controls=a.tar_controls,
         tar_rules=tuple(r.strip() for r in a.tar_rules.split(",") if r.strip()),
         parts=tuple(p.strip() for p in a.parts.split(",") if p.strip()))

@@ -26,7 +26,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ from .agreement import rule_agreement
 from .api import Explorer
 from .attribution import run_chains
 from .candidate import candidate_tests, tar
+from .config import DataConfig
 from .ensemble import MANIFEST
 from .executor import Executor
 from .metrics import (
@@ -75,6 +76,9 @@ class EvalSizes:
     draws: int = 3  # random member subsets per sub-ensemble size
     sizes: tuple[int, ...] = (1, 2, 4, 8, 12)  # sub-ensemble sizes k; n is always added
     classifier_steps: int = 1500  # when the run has no classifier yet
+    # ... fitted on the images outside the first this-many of the dataset's draw (0: the
+    # run's N); a ladder's largest N gives every rung one classifier that none of them saw
+    classifier_outside: int = 0
     tar_samples: int = 200  # samples of held-out seeds in the candidate test, per rule
     tar_controls: int = 16  # random training images ablated per sample
     tar_rules: tuple[str, ...] = ()  # rules the candidate test runs now (empty: all)
@@ -114,7 +118,8 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     fp = fingerprint(ex)
     clf = classifier_for(ex, classifier_dir, sizes, progress)
-    _, _, real, _ = heldout_split(ex.run.config.data, clf.config)
+    # the classifier's own validation images: outside the run and outside its fit
+    _, _, real, _ = heldout_split(DataConfig(**clf.info["data"]), clf.config)
     real_f = features(clf, real)
     report: dict = {
         "format_version": FORMAT_VERSION,
@@ -263,10 +268,13 @@ def classifier_for(ex: Explorer, folder, sizes: EvalSizes, progress: Progress) -
     data = ex.run.config.data
     if folder.exists():
         return load_classifier(folder, data, device=ex.device)
+    outside = sizes.classifier_outside or data.n_train
+    if outside < data.n_train:
+        raise TdaError(f"--classifier-outside {outside} is below the run's N = {data.n_train}: "
+                       "the classifier would train on the run's own images")
     report = None if progress is None else (lambda d, t: progress("classifier", d, t))
-    return fit_classifier(
-        data, folder, device=ex.device, steps=sizes.classifier_steps, progress=report
-    )
+    return fit_classifier(replace(data, n_train=outside), folder, device=ex.device,
+                          steps=sizes.classifier_steps, progress=report)
 
 
 # -- samples ---------------------------------------------------------------------------

@@ -202,7 +202,7 @@ def load_classifier(
         raise TdaError(f"{path / CONFIG} is not a classifier config: {e}") from e
     if meta.get("sha256") != _sha256(path / WEIGHTS):
         raise TdaError(f"{path / WEIGHTS} does not match its sha256 in {CONFIG}; refit it")
-    if data is not None and meta.get("info", {}).get("data") != asdict(data):
+    if data is not None and not trained_outside(meta.get("info", {}).get("data"), data):
         raise TdaError(f"{path} was trained for other data than this run; refit it")
     model = SmallCNN(cfg)
     try:
@@ -210,6 +210,17 @@ def load_classifier(
     except RuntimeError as e:
         raise TdaError(f"{path / WEIGHTS} does not fit its config: {e}") from e
     return Classifier(model.to(device).eval(), cfg, meta["info"], path, meta["sha256"])
+
+
+def trained_outside(fitted: dict | None, data: DataConfig) -> bool:
+    """Whether a classifier fitted for the data config `fitted` never saw an image of `data`:
+    the same config, or the same but a larger draw. Draws are nested (`balanced_subset`
+    takes a prefix of each class's fixed permutation), so the images outside a larger
+    draw are outside every smaller one: one classifier serves a whole ladder of runs."""
+    if not isinstance(fitted, dict):
+        return False
+    same = {**fitted, "n_train": data.n_train} == asdict(data)
+    return same and isinstance(fitted.get("n_train"), int) and fitted["n_train"] >= data.n_train
 
 
 def _sha256(path: Path) -> str:

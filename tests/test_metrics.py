@@ -111,6 +111,40 @@ def test_classifier_trains_and_gives_features(classifier_dir):
         fit_classifier(data, classifier_dir)
 
 
+def test_one_classifier_serves_every_smaller_nested_draw(tmp_path):
+    """A ladder's classifier: fitted outside the largest draw, it never saw a rung's images
+    (draws are nested), so it loads for every smaller N and for no larger one."""
+    from tda.data import balanced_subset, load_raw
+
+    _, labels = load_raw("digits")
+    for small, large in ((16, 64), (64, 1000), (7, 8)):
+        a, b = balanced_subset(labels, small, 0), balanced_subset(labels, large, 0)
+        assert set(a) <= set(b)
+    big = DataConfig("digits", n_train=64, image_size=8, channels=1, seed=0)
+    out = tmp_path / CLASSIFIER_DIR
+    fit_classifier(big, out, steps=5)
+    seen = set(balanced_subset(labels, 64, 0))
+    for n in (16, 64):
+        small = replace(big, n_train=n)
+        assert load_classifier(out, small).info["data"]["n_train"] == 64
+        assert seen >= set(balanced_subset(labels, n, 0))
+    for other in (replace(big, n_train=65), replace(big, seed=1), replace(big, image_size=16)):
+        with pytest.raises(TdaError, match="other data"):
+            load_classifier(out, other)
+
+
+def test_evaluate_fits_the_ladder_classifier_outside_a_larger_draw(tiny_run_dir, tmp_path):
+    from tda.api import Explorer
+    from tda.evaluate import classifier_for
+
+    ex = Explorer(tiny_run_dir)
+    sizes = replace(SIZES, classifier_steps=5, classifier_outside=40)
+    clf = classifier_for(ex, tmp_path / "clf", sizes, None)
+    assert clf.info["data"]["n_train"] == 40 and clf.info["n_train"] + clf.info["n_val"] <= 1797 - 40
+    with pytest.raises(TdaError, match="below the run's N"):
+        classifier_for(ex, tmp_path / "clf2", replace(sizes, classifier_outside=8), None)
+
+
 def test_batched_noise_matches_one_seed_at_a_time(tiny_explorer):
     V, _ = weight_rows(tiny_explorer.n, [(2, 0, (1, 4))])
     V = V[[0, 2, -1]]
