@@ -55,7 +55,10 @@ def rung(label: str, path: str | Path) -> dict | None:
            "per_member": N * h / n, "recipe": recipe(config),
            "rule": config.sample.combine, "tar": None}
     report = _report(path)
-    cand = (report.get("candidate") or {}).get("rules", {}).get(out["rule"])
+    by_rule = (report.get("candidate") or {}).get("rules", {})
+    cand = by_rule.get(out["rule"])
+    out["other_rules"] = {rule: {k: c[k] for k in ("tar", "tar_low", "tar_high", "samples")}
+                          for rule, c in sorted(by_rule.items()) if rule != out["rule"]}
     if cand:
         out |= {"tar": cand["tar"], "tar_low": cand["tar_low"], "tar_high": cand["tar_high"],
                 "samples": cand["samples"], "p_change_candidate": cand["p_change_candidate"],
@@ -201,6 +204,9 @@ def table(rows: list[dict]) -> list[dict]:
             "TAR": "not measured" if t is None
             else f"{t:.2f} ({r['tar_low']:.2f}–{r['tar_high']:.2f}), {r['samples']} samples, "
             f"{r['rule']}",
+            "other rule": "; ".join(
+                f"{c['tar']:.2f} ({c['tar_low']:.2f}–{c['tar_high']:.2f}), {c['samples']} "
+                f"samples, {rule}" for rule, c in r["other_rules"].items()) or "—",
             "paper": paper_cell(r["N"]),
             "x̂ / random change": "—" if t is None
             else f"{r['p_change_candidate']:.0%} / {r['p_change_random']:.0%}",

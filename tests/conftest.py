@@ -55,10 +55,14 @@ def tiny_ladder_dir(tiny_run_dir, tmp_path_factory) -> Path:
     assert train_run(root / "tiny20", config, workers=1, progress=False)
     for rung in ("tiny16", "tiny20"):
         ex = Explorer(root / rung)
-        tests = candidate_tests(ex, range(100_000, 100_008), controls=4)
+        rules = {ex.combine: tar(candidate_tests(ex, range(100_000, 100_008), controls=4))}
+        if rung == "tiny20":  # the other rule too, as the shipped rungs have it
+            other = next(r for r in ("mean", "mixture") if r != ex.combine)
+            rules[other] = tar(candidate_tests(Explorer(root / rung, combine=other),
+                                               range(100_000, 100_006), controls=4))
         (root / rung / "report").mkdir()
         (root / rung / "report" / "report.json").write_text(json.dumps(
-            {"candidate": {"default_rule": ex.combine, "rules": {ex.combine: tar(tests)}}}))
+            {"candidate": {"default_rule": ex.combine, "rules": rules}}))
     return root
 
 

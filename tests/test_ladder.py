@@ -36,6 +36,13 @@ def test_rungs_come_from_manifests_and_reports(tiny_ladder_dir, tmp_path):
         assert (r["tar"], r["tar_low"], r["tar_high"]) == (
             cand["tar"], cand["tar_low"], cand["tar_high"])
         assert r["copies"] == cand["share_copies"] and r["samples"] == 8
+        others = {k: v for k, v in saved["candidate"]["rules"].items() if k != r["rule"]}
+        assert {k: v["tar"] for k, v in r["other_rules"].items()} == {
+            k: v["tar"] for k, v in others.items()}
+    assert not rows[0]["other_rules"] and table(rows)[0]["other rule"] == "—"
+    (rule, other), = rows[1]["other_rules"].items()  # tiny20 has both rules
+    assert table(rows)[1]["other rule"] == (
+        f"{other['tar']:.2f} ({other['tar_low']:.2f}–{other['tar_high']:.2f}), 6 samples, {rule}")
     # a folder that is no run is left out; a run without a (readable) report has no TAR
     (tmp_path / "not-a-run").mkdir()
     shutil.copytree(tiny_ladder_dir / "tiny20", tmp_path / "tiny20")
