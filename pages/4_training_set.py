@@ -63,27 +63,7 @@ with right:
         f"{', '.join(map(str, members))}; never by "
         f"{', '.join(str(i) for i in range(run.n) if i not in members)}."
     )
-    _, _, figs = results.methods(ctx.key, ctx.combine)
-    cached = [
-        (mth, a)
-        for mth in figs
-        if (a := results.cached_attribution(ctx.key, ctx.seed, mth, ctx.combine)) is not None
-    ]
-    if cached:
-        for mth, a in cached:
-            rank = int(np.flatnonzero(a.order == j)[0]) + 1
-            c = st.columns([3, 2])
-            s = a.scores[j]
-            c[0].markdown(
-                f"On the sample of seed {ctx.seed} ({mth}): {a.score} "
-                f"**{'not scored' if np.isnan(s) else f'{s:.3f}'}**, rank {rank} of {run.N}"
-            )
-            attribution.badge(a, j, figs[mth], container=c[1])
-    else:
-        st.caption(
-            f"No attribution of seed {ctx.seed} is cached yet: run one on the "
-            "Attribution page to see this image's influence here."
-        )
+    attribution.image_standing(ctx, j)
     st.markdown("**Nearest training images**")
     st.caption("#index · label · L2 distance, pixels in [0, 1].")
     neighbours(run.images[j], skip=j)

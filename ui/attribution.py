@@ -141,6 +141,25 @@ def badge(att, j: int, fig: dict | None, container=st) -> None:
                        container=container)
 
 
+def image_standing(ctx, j: int) -> None:
+    """Training image j's score and rank in every attribution of the current seed that is
+    already cached (never computes one), with its standing against the phantom floor."""
+    _, _, figs = results.methods(ctx.key, ctx.combine)
+    cached = [(mth, a) for mth in figs
+              if (a := results.cached_attribution(ctx.key, ctx.seed, mth, ctx.combine)) is not None]
+    if not cached:
+        st.caption(f"No attribution of seed {ctx.seed} is cached yet: run one on the "
+                   "Attribution page to see this image's influence here.")
+    for mth, a in cached:
+        rank = int(np.flatnonzero(a.order == j)[0]) + 1
+        c = st.columns([3, 2])
+        s = a.scores[j]
+        c[0].markdown(f"On the sample of seed {ctx.seed} ({mth}): {a.score} "
+                      f"**{'not scored' if np.isnan(s) else f'{s:.3f}'}**, rank {rank} of "
+                      f"{ctx.run.N}")
+        badge(a, j, figs[mth], container=c[1])
+
+
 def top_rows(run, att, rows, cfs: np.ndarray, fig: dict | None) -> None:
     """Each top row: the image, the sample without it, the residual, its scores and code."""
     k = len(rows)
