@@ -16,8 +16,11 @@ candidate's ablation moves the sample more than a random image's does.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -198,6 +201,49 @@ def _tests(explorer, index, seeds, steps, controls, null, progress=None,
             phantom_nearest=nb[1 + R :], phantom_effects=moves[1 + R :],
         ))
     return tests
+
+
+_SCALARS = ("seed", "steps", "combine", "candidate", "candidate_distance", "nearest_after")
+
+
+def save_tests(path: str | Path, tests: Sequence[CandidateTest]) -> None:
+    """Candidate tests to one safetensors file (arrays as tensors, scalars as its JSON
+    metadata; never pickle), written atomically: a killed evaluation keeps what it saved."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    arrays = {f"{k}.{f.name}": torch.as_tensor(np.asarray(getattr(t, f.name))).contiguous()
+              for k, t in enumerate(tests) for f in fields(CandidateTest)
+              if f.name not in _SCALARS}
+    meta = [{name: _plain(getattr(t, name)) for name in _SCALARS} for t in tests]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(arrays, str(tmp), metadata={"tests": json.dumps(meta)})
+    os.replace(tmp, path)
+
+
+def _plain(v):
+    return v.item() if hasattr(v, "item") else v
+
+
+def load_tests(path: str | Path) -> list[CandidateTest]:
+    """The candidate tests `save_tests` wrote."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["tests"])
+            arrays = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+        out = []
+        for k, m in enumerate(meta):
+            parts = {f.name: arrays[f"{k}.{f.name}"] for f in fields(CandidateTest)
+                     if f.name not in _SCALARS}
+            out.append(CandidateTest(**m, **{
+                name: v if name in ("sample", "counterfactual") else v.numpy()
+                for name, v in parts.items()}))
+        return out
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+        raise TdaError(f"{path} holds no readable candidate tests ({e}); delete it") from e
 
 
 def tar(tests: Sequence[CandidateTest], boot: int = 2000, seed: int = 0) -> dict:

@@ -37,7 +37,7 @@ from . import TdaError
 from .agreement import rule_agreement
 from .api import Explorer
 from .attribution import run_chains
-from .candidate import candidate_tests, tar
+from .candidate import candidate_tests, load_tests, save_tests, tar
 from .config import DataConfig
 from .ensemble import MANIFEST
 from .executor import Executor
@@ -64,6 +64,7 @@ BLOCK = 32  # seeds per saved block of samples
 
 Progress = Callable[[str, float, int], None] | None  # (what, done, total)
 PARTS = ("candidate", "fidelity", "convergence", "attribution", "compare")
+CANDIDATE_CHUNK = 10  # candidate-test samples saved together (a killed evaluation resumes)
 TAR_SEED0 = 100_000  # the candidate test's seeds: held out from the app's and the other parts'
 ATTR_SEED0 = 200_000  # the attribution part's seeds
 
@@ -156,12 +157,15 @@ def evaluate(
         return memo[row]
 
     tar_params = {"samples": sizes.tar_samples, "controls": sizes.tar_controls}
+    tar_key = _short_hash(json.dumps([tar_params, fp]))  # its chunks' cache folder
     cand: dict = {"default_rule": ex.combine, "rules": {}}
     for rule in rule_order(ex.combine):  # one saved part per rule; rules not asked for: as saved
         asked = "candidate" in sizes.parts and rule in (sizes.tar_rules or COMBINE_RULES)
         result = cached_part(
             out, f"candidate-{rule}", {**tar_params, "run": fp},
-            (lambda r=rule: rule_candidate(ex.with_combine(r), sizes, progress, executor))
+            (lambda r=rule: rule_candidate(
+                ex.with_combine(r), sizes, progress, executor,
+                cache=out / CACHE_DIR / f"candidate-{r}-{tar_key}"))
             if asked else None,
             any_params=not asked,
         )
@@ -476,17 +480,36 @@ def candidate_part(ex: Explorer, sizes: EvalSizes, progress: Progress,
 
 
 def rule_candidate(ex: Explorer, sizes: EvalSizes, progress: Progress,
-                   executor: Executor | None = None) -> dict:
-    """TAR of `ex`'s rule on `tar_samples` held-out seeds, with every sample's figures."""
+                   executor: Executor | None = None, cache: Path | None = None) -> dict:
+    """TAR of `ex`'s rule on `tar_samples` held-out seeds, with every sample's figures.
+
+    `cache`: a folder where every CANDIDATE_CHUNK samples' tests are saved as they finish
+    (`candidate.save_tests`), so a killed evaluation resumes where it stopped."""
     seeds = list(range(TAR_SEED0, TAR_SEED0 + sizes.tar_samples))
     what = f"candidate test N={ex.run.N} ({ex.combine})"
-    t0 = time.perf_counter()
-    tests = candidate_tests(
-        ex, seeds, controls=sizes.tar_controls,
-        progress=None if progress is None else lambda d, t: progress(what, d, t),
-        executor=executor,
-    )
-    seconds = time.perf_counter() - t0
+    tests: list = []
+    seconds = 0.0
+    for start in range(0, len(seeds), CANDIDATE_CHUNK):
+        part = seeds[start : start + CANDIDATE_CHUNK]
+        path = None if cache is None else cache / f"seeds-{part[0]}-{part[-1]}.safetensors"
+        if path is not None and path.is_file():
+            tests += load_tests(path)
+        else:
+            t0 = time.perf_counter()
+            done = len(tests)
+            tests += candidate_tests(
+                ex, part, controls=sizes.tar_controls, executor=executor,
+                progress=None if progress is None
+                else lambda d, t, done=done: progress(what, done + d, len(seeds)))
+            seconds += time.perf_counter() - t0
+            if path is not None:
+                save_tests(path, tests[start:])
+                (cache / "seconds.json").write_text(json.dumps(
+                    _seconds(cache) | {path.name: time.perf_counter() - t0}))
+        if progress is not None:
+            progress(what, len(tests), len(seeds))
+    if cache is not None:
+        seconds = sum(_seconds(cache).values())
     return {
         **tar(tests),
         "seeds": [seeds[0], seeds[-1]],
@@ -495,6 +518,13 @@ def rule_candidate(ex: Explorer, sizes: EvalSizes, progress: Progress,
                        for k in ("candidate", "changed", "flip_rate", "p_value",
                                  "effect_p_value", "candidate_distance", "verdict")},
     }
+
+
+def _seconds(cache: Path) -> dict:
+    try:
+        return json.loads((cache / "seconds.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def by_n_entry(run_summary: dict, s: dict | None, cand: dict | None = None) -> dict:

@@ -293,3 +293,51 @@ def test_evaluate_computes_only_the_parts_asked_for(tiny_run_dir, classifier_dir
     assert (rules["mean"]["samples"], rules["mixture"]["samples"]) == (2, 3)
     with pytest.raises(TdaError, match="unknown combination rules"):
         evaluate(run, run / "report", replace(sizes, tar_rules=("median",)))
+
+
+def test_a_killed_candidate_test_resumes_from_its_saved_chunks(
+        tiny_run_dir, classifier_dir, tmp_path, monkeypatch):
+    """The candidate part saves every chunk of samples as it finishes (safetensors, no
+    pickle): killed after the first chunk, a rerun computes only the rest, and the result
+    is the one an uninterrupted evaluation gives."""
+    import tda.evaluate as evaluation
+    from tda.candidate import load_tests, save_tests
+
+    run = tmp_path / "tiny"
+    shutil.copytree(tiny_run_dir, run)
+    shutil.copytree(classifier_dir, run / CLASSIFIER_DIR)
+    sizes = EvalSizes(samples=40, seeds=2, draws=2, sizes=(1,), tar_samples=7, tar_controls=3,
+                      parts=("candidate",), tar_rules=("mixture",))
+    monkeypatch.setattr(evaluation, "CANDIDATE_CHUNK", 3)
+    whole = evaluate(run, tmp_path / "whole", sizes)["candidate"]["rules"]["mixture"]
+
+    real, calls, kill = evaluation.candidate_tests, [], [True]
+
+    def killed_after_one_chunk(ex, seeds, **kw):
+        calls.append(list(seeds))
+        if len(calls) == 2 and kill and kill.pop():
+            raise KeyboardInterrupt
+        return real(ex, seeds, **kw)
+
+    monkeypatch.setattr(evaluation, "candidate_tests", killed_after_one_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(run, tmp_path / "resumed", sizes)
+    saved = sorted((tmp_path / "resumed" / "cache").glob("candidate-mixture-*/*.safetensors"))
+    assert [p.name for p in saved] == ["seeds-100000-100002.safetensors"]
+    calls.clear()
+    resumed = evaluate(run, tmp_path / "resumed", sizes)["candidate"]["rules"]["mixture"]
+    assert [c[0] for c in calls] == [100_003, 100_006]  # the saved chunk is not recomputed
+    for key in ("tar", "tar_low", "tar_high", "p_change_candidate", "p_change_random",
+                "share_copies", "per_sample"):
+        assert resumed[key] == whole[key], key
+    # the saved tests read back exactly; a damaged file is a clear error, not a crash
+    tests = load_tests(saved[0])
+    again = tmp_path / "again.safetensors"
+    save_tests(again, tests)
+    for a, b in zip(tests, load_tests(again), strict=True):
+        assert json.dumps(a.summary()) == json.dumps(b.summary())  # NaN-safe
+        assert torch.equal(a.sample, b.sample)
+        assert np.array_equal(a.control_effects, b.control_effects)
+    again.write_bytes(b"not a safetensors file")
+    with pytest.raises(TdaError, match="no readable candidate tests"):
+        load_tests(again)
