@@ -488,39 +488,37 @@ def rule_candidate(ex: Explorer, sizes: EvalSizes, progress: Progress,
     seeds = list(range(TAR_SEED0, TAR_SEED0 + sizes.tar_samples))
     what = f"candidate test N={ex.run.N} ({ex.combine})"
     tests: list = []
-    seconds = 0.0
+    seconds = _seconds(cache)  # of every chunk, saved ones included
     for start in range(0, len(seeds), CANDIDATE_CHUNK):
         part = seeds[start : start + CANDIDATE_CHUNK]
-        path = None if cache is None else cache / f"seeds-{part[0]}-{part[-1]}.safetensors"
-        if path is not None and path.is_file():
-            tests += load_tests(path)
+        name = f"seeds-{part[0]}-{part[-1]}.safetensors"
+        if cache is not None and (cache / name).is_file():
+            tests += load_tests(cache / name)
         else:
-            t0 = time.perf_counter()
-            done = len(tests)
+            t0, done = time.perf_counter(), len(tests)
             tests += candidate_tests(
                 ex, part, controls=sizes.tar_controls, executor=executor,
                 progress=None if progress is None
                 else lambda d, t, done=done: progress(what, done + d, len(seeds)))
-            seconds += time.perf_counter() - t0
-            if path is not None:
-                save_tests(path, tests[start:])
-                (cache / "seconds.json").write_text(json.dumps(
-                    _seconds(cache) | {path.name: time.perf_counter() - t0}))
+            seconds[name] = time.perf_counter() - t0
+            if cache is not None:
+                save_tests(cache / name, tests[start:])
+                (cache / "seconds.json").write_text(json.dumps(seconds))
         if progress is not None:
             progress(what, len(tests), len(seeds))
-    if cache is not None:
-        seconds = sum(_seconds(cache).values())
     return {
         **tar(tests),
         "seeds": [seeds[0], seeds[-1]],
-        "seconds_per_sample": seconds / len(tests),
+        "seconds_per_sample": sum(seconds.values()) / len(tests),
         "per_sample": {k: [t.summary()[k] for t in tests]
                        for k in ("candidate", "changed", "flip_rate", "p_value",
                                  "effect_p_value", "candidate_distance", "verdict")},
     }
 
 
-def _seconds(cache: Path) -> dict:
+def _seconds(cache: Path | None) -> dict:
+    if cache is None:
+        return {}
     try:
         return json.loads((cache / "seconds.json").read_text())
     except (OSError, ValueError):
